@@ -1,0 +1,937 @@
+//! kube-runtime wiring: watches Deployments, Namespaces and IlertPipelines, decides per workload
+//! which pipelines owe an event, and runs one delivery task and one status task per pipeline.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ListParams, Patch, PatchParams, PartialObjectMeta};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::ilert::{IlertClient, IntegrationKey, SendError};
+use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State};
+use crate::pacing::{Budget, Plan, backoff, retry_after};
+use crate::pipeline::{IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent};
+use crate::report::{self, DeploymentEvent};
+use crate::rollout::{History, Rollout, WorkloadView};
+
+pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
+
+/// Settings of one controller instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The controller's own namespace: delivery state lives here.
+    pub namespace: String,
+    /// Namespaces whose pipelines may use `namespaceSelector`.
+    pub trusted_namespaces: Vec<String>,
+    pub cluster_name: String,
+    pub rate_limit_per_minute: u32,
+    /// Serve only pipelines with these labels (splits a cluster, or isolates tests).
+    pub pipeline_selector: Option<String>,
+    /// Longest wait between retries of an unavailable ilert.
+    pub retry_cap: Duration,
+    pub instance: String,
+}
+
+/// Whether the caches are synced and the backlog decided.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Shared {
+    client: Client,
+    ilert: IlertClient,
+    cfg: Config,
+    ledger: Ledger,
+    budgets: Mutex<HashMap<IntegrationKey, Budget>>,
+    recorder: Recorder,
+}
+
+/// A problem that makes a pipeline not Ready: a reason for the condition and a message that says
+/// what to do.
+#[derive(Clone, Debug, PartialEq)]
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+#[derive(Default)]
+struct Stats {
+    generation: Option<i64>,
+    selected: u64,
+    sent: u64,
+    failed: u64,
+    pending: u64,
+    last_event: Option<LastEvent>,
+    config_problem: Option<Problem>,
+    delivery_problem: Option<Problem>,
+    suspended: bool,
+    dirty: bool,
+}
+
+impl Stats {
+    fn ready(&self) -> (bool, &'static str, String) {
+        if let Some(p) = &self.config_problem {
+            return (false, p.reason, p.message.clone());
+        }
+        if self.suspended {
+            return (false, "Suspended", "spec.suspend is true: rollouts are recorded and sent once it is false".into());
+        }
+        if let Some(p) = &self.delivery_problem {
+            return (false, p.reason, p.message.clone());
+        }
+        (true, "Ready", "The integration key is in place and ilert accepts events".into())
+    }
+}
+
+struct QueuedEvent {
+    key: RolloutKey,
+    entry: Entry,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<VecDeque<QueuedEvent>>,
+    notify: Notify,
+}
+
+impl Outbox {
+    fn push(&self, item: QueuedEvent) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(item);
+        self.notify.notify_one();
+    }
+    fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// What the pipeline selects, once its spec has been checked.
+struct Selection {
+    /// None: the pipeline's own namespace only.
+    namespaces: Option<Selector>,
+    workloads: Selector,
+}
+
+struct PipelineHandle {
+    namespace: String,
+    name: String,
+    created: Timestamp,
+    spec_tx: watch::Sender<IlertPipelineSpec>,
+    selection: Option<Selection>,
+    selected: HashSet<String>,
+    outbox: Arc<Outbox>,
+    stats: Arc<Mutex<Stats>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PipelineHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn jitter() -> f64 {
+    rand::random()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Checks a pipeline's selectors and tenancy.
+fn selection(spec: &IlertPipelineSpec, namespace: &str, trusted: &[String]) -> Result<Selection, Problem> {
+    let namespaces = match &spec.namespace_selector {
+        None => None,
+        Some(_) if !trusted.iter().any(|t| t == namespace) => {
+            return Err(Problem {
+                reason: "NamespaceSelectorNotAllowed",
+                message: format!(
+                    "spec.namespaceSelector is only honoured for pipelines in the controller's trusted namespaces ({}); remove it to report this namespace's workloads, or create the pipeline in a trusted namespace",
+                    trusted.join(", ")
+                ),
+            });
+        }
+        Some(sel) => Some(Selector::try_from(sel.clone()).map_err(|e| Problem {
+            reason: "InvalidSelector",
+            message: format!("spec.namespaceSelector is invalid: {e}"),
+        })?),
+    };
+    let workloads = match &spec.selector {
+        None => Selector::default(),
+        Some(sel) => Selector::try_from(sel.clone()).map_err(|e| Problem {
+            reason: "InvalidSelector",
+            message: format!("spec.selector is invalid: {e}"),
+        })?,
+    };
+    Ok(Selection { namespaces, workloads })
+}
+
+enum Input {
+    Workload(Event<Deployment>),
+    Pipeline(Event<IlertPipeline>),
+    Namespace(Event<PartialObjectMeta<Namespace>>),
+}
+
+/// The decision loop's state: compact workload views, namespace labels, pipelines.
+struct Brain {
+    shared: Arc<Shared>,
+    workloads: HashMap<String, WorkloadView>,
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+    pipelines: HashMap<String, PipelineHandle>,
+    init_workloads: Option<HashMap<String, WorkloadView>>,
+    init_namespaces: Option<HashMap<String, BTreeMap<String, String>>>,
+    init_pipelines: Option<HashSet<String>>,
+    synced: [bool; 3],
+    readiness: Readiness,
+}
+
+/// Runs until a watch fails for good.
+pub async fn run(client: Client, ilert: IlertClient, cfg: Config, readiness: Readiness) -> anyhow::Result<()> {
+    let ledger = Ledger::load(client.clone(), &cfg.namespace).await.map_err(|e| {
+        anyhow::anyhow!("cannot read the delivery state (ConfigMaps) in namespace {}: {e}", cfg.namespace)
+    })?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: CONTROLLER_NAME.into(), instance: Some(cfg.instance.clone()) },
+    );
+    let shared = Arc::new(Shared { client: client.clone(), ilert, cfg: cfg.clone(), ledger, budgets: Mutex::default(), recorder });
+
+    let mut pipeline_cfg = watcher::Config::default();
+    if let Some(sel) = &cfg.pipeline_selector {
+        pipeline_cfg = pipeline_cfg.labels(sel);
+    }
+    let workloads = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default().page_size(500))
+        .default_backoff()
+        .map_ok(Input::Workload);
+    let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg).default_backoff().map_ok(Input::Pipeline);
+    let namespaces = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map_ok(Input::Namespace);
+    let mut inputs = stream::select(stream::select(workloads.boxed(), pipelines.boxed()), namespaces.boxed());
+
+    let mut brain = Brain {
+        shared,
+        workloads: HashMap::new(),
+        namespaces: HashMap::new(),
+        pipelines: HashMap::new(),
+        init_workloads: None,
+        init_namespaces: None,
+        init_pipelines: None,
+        synced: [false; 3],
+        readiness,
+    };
+    while let Some(input) = inputs.next().await {
+        match input {
+            Ok(input) => brain.handle(input).await,
+            // The backoff retries; a failing watch is logged and resumes.
+            Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+    anyhow::bail!("watch streams ended")
+}
+
+fn watcher<K>(api: Api<K>, cfg: watcher::Config) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    kube::runtime::watcher(api, cfg)
+}
+
+impl Brain {
+    fn all_synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    async fn handle(&mut self, input: Input) {
+        match input {
+            Input::Workload(ev) => match ev {
+                Event::Init => self.init_workloads = Some(HashMap::new()),
+                Event::InitApply(d) => {
+                    let view = WorkloadView::from_deployment(&d);
+                    if let Some(m) = self.init_workloads.as_mut() {
+                        m.insert(view.uid.clone(), view);
+                    }
+                }
+                Event::InitDone => {
+                    let fresh = self.init_workloads.take().unwrap_or_default();
+                    let gone: Vec<String> = self.workloads.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
+                    self.workloads = fresh;
+                    for uid in gone {
+                        for p in self.pipelines.values_mut() {
+                            p.selected.remove(&uid);
+                        }
+                    }
+                    self.synced[0] = true;
+                    self.after_resync().await;
+                }
+                Event::Apply(d) => {
+                    let view = WorkloadView::from_deployment(&d);
+                    let uid = view.uid.clone();
+                    self.workloads.insert(uid.clone(), view);
+                    if self.all_synced() {
+                        self.evaluate_workload(&uid);
+                    }
+                }
+                Event::Delete(d) => {
+                    let view = WorkloadView::from_deployment(&d);
+                    let uid = view.uid.clone();
+                    // Its last state may hold a finished rollout not yet seen.
+                    self.workloads.insert(uid.clone(), view);
+                    if self.all_synced() {
+                        self.evaluate_workload(&uid);
+                    }
+                    self.workloads.remove(&uid);
+                    for p in self.pipelines.values_mut() {
+                        if p.selected.remove(&uid) {
+                            let mut s = lock(&p.stats);
+                            s.selected = p.selected.len() as u64;
+                            s.dirty = true;
+                        }
+                    }
+                }
+            },
+            Input::Namespace(ev) => match ev {
+                Event::Init => self.init_namespaces = Some(HashMap::new()),
+                Event::InitApply(ns) => {
+                    if let Some(m) = self.init_namespaces.as_mut() {
+                        m.insert(ns.name_any(), ns.labels().clone());
+                    }
+                }
+                Event::InitDone => {
+                    self.namespaces = self.init_namespaces.take().unwrap_or_default();
+                    self.synced[1] = true;
+                    self.after_resync().await;
+                }
+                Event::Apply(ns) => {
+                    let name = ns.name_any();
+                    let labels = ns.labels().clone();
+                    if self.namespaces.get(&name) != Some(&labels) {
+                        self.namespaces.insert(name.clone(), labels);
+                        if self.all_synced() {
+                            let uids: Vec<String> =
+                                self.workloads.values().filter(|w| w.namespace == name).map(|w| w.uid.clone()).collect();
+                            for uid in uids {
+                                self.evaluate_workload(&uid);
+                            }
+                        }
+                    }
+                }
+                Event::Delete(ns) => {
+                    self.namespaces.remove(&ns.name_any());
+                }
+            },
+            Input::Pipeline(ev) => match ev {
+                Event::Init => self.init_pipelines = Some(HashSet::new()),
+                Event::InitApply(p) => {
+                    if let Some(s) = self.init_pipelines.as_mut() {
+                        s.insert(p.uid().unwrap_or_default());
+                    }
+                    self.upsert_pipeline(&p);
+                }
+                Event::InitDone => {
+                    let seen = self.init_pipelines.take().unwrap_or_default();
+                    let gone: Vec<String> = self.pipelines.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                    for uid in gone {
+                        self.remove_pipeline(&uid).await;
+                    }
+                    self.synced[2] = true;
+                    self.after_resync().await;
+                }
+                Event::Apply(p) => {
+                    let uid = self.upsert_pipeline(&p);
+                    if self.all_synced() {
+                        self.evaluate_pipeline(&uid);
+                    }
+                }
+                Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
+            },
+        }
+    }
+
+    /// After a (re-)list: decide every workload against every pipeline, forget state of pipelines
+    /// and workloads that are gone, and declare readiness.
+    async fn after_resync(&mut self) {
+        if !self.all_synced() {
+            return;
+        }
+        let uids: Vec<String> = self.pipelines.keys().cloned().collect();
+        for uid in &uids {
+            self.evaluate_pipeline(uid);
+        }
+        let ledger = &self.shared.ledger;
+        for stale in ledger.pipelines().into_iter().filter(|p| !self.pipelines.contains_key(p)) {
+            info!(pipeline_uid = %stale, "removing delivery state of a pipeline that no longer exists");
+            if let Err(e) = ledger.forget_pipeline(&stale).await {
+                warn!(error = %e, "could not remove delivery state of a deleted pipeline");
+            }
+        }
+        for uid in &uids {
+            let alive = |w: &str| self.workloads.contains_key(w);
+            match ledger.prune(uid, &alive).await {
+                Ok(0) => {}
+                Ok(n) => debug!(pipeline_uid = %uid, pruned = n, "pruned delivery state of deleted workloads"),
+                Err(e) => warn!(error = %e, "could not prune delivery state"),
+            }
+        }
+        if !self.readiness.is_ready() {
+            info!(
+                workloads = self.workloads.len(),
+                pipelines = self.pipelines.len(),
+                namespaces = self.namespaces.len(),
+                "caches synced and backlog decided"
+            );
+            self.readiness.set();
+        }
+    }
+
+    fn upsert_pipeline(&mut self, p: &IlertPipeline) -> String {
+        let uid = p.uid().unwrap_or_default();
+        let namespace = p.namespace().unwrap_or_default();
+        let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
+        if let Some(h) = self.pipelines.get_mut(&uid) {
+            h.spec_tx.send_replace(p.spec.clone());
+            let mut s = lock(&h.stats);
+            s.generation = p.metadata.generation;
+            s.suspended = p.spec.suspend;
+            s.config_problem = sel.as_ref().err().cloned();
+            s.dirty = true;
+            drop(s);
+            h.selection = sel.ok();
+            return uid;
+        }
+        let status = p.status.clone().unwrap_or_default();
+        let stats = Arc::new(Mutex::new(Stats {
+            generation: p.metadata.generation,
+            sent: status.events_sent,
+            failed: status.events_failed,
+            last_event: status.last_event.clone(),
+            config_problem: sel.as_ref().err().cloned(),
+            suspended: p.spec.suspend,
+            dirty: true,
+            ..Default::default()
+        }));
+        let outbox = Arc::new(Outbox::default());
+        for (key, entry) in self.shared.ledger.pending(&uid) {
+            outbox.push(QueuedEvent { key, entry });
+        }
+        let (spec_tx, spec_rx) = watch::channel(p.spec.clone());
+        let reference = p.object_ref(&());
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+        let sender = Sender {
+            shared: self.shared.clone(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            reference: reference.clone(),
+            outbox: outbox.clone(),
+            stats: stats.clone(),
+            spec: spec_rx,
+        };
+        let status_task = StatusWriter {
+            shared: self.shared.clone(),
+            namespace: namespace.clone(),
+            name: p.name_any(),
+            reference,
+            outbox: outbox.clone(),
+            stats: stats.clone(),
+        };
+        info!(pipeline = %format!("{namespace}/{}", p.name_any()), "serving pipeline");
+        self.pipelines.insert(
+            uid.clone(),
+            PipelineHandle {
+                namespace,
+                name: p.name_any(),
+                created,
+                spec_tx,
+                selection: sel.ok(),
+                selected: HashSet::new(),
+                outbox,
+                stats,
+                tasks: vec![tokio::spawn(sender.run()), tokio::spawn(status_task.run())],
+            },
+        );
+        uid
+    }
+
+    async fn remove_pipeline(&mut self, uid: &str) {
+        if let Some(h) = self.pipelines.remove(uid) {
+            info!(pipeline = %format!("{}/{}", h.namespace, h.name), "pipeline deleted; removing its delivery state");
+            drop(h);
+            if let Err(e) = self.shared.ledger.forget_pipeline(uid).await {
+                warn!(error = %e, "could not remove delivery state of a deleted pipeline");
+            }
+        }
+    }
+
+    /// A pipeline changed: re-decide every workload for it (O(workloads), on pipeline changes only).
+    fn evaluate_pipeline(&mut self, pipeline_uid: &str) {
+        let uids: Vec<String> = self.workloads.keys().cloned().collect();
+        for uid in uids {
+            self.evaluate_one(pipeline_uid, &uid);
+        }
+        if let Some(h) = self.pipelines.get(pipeline_uid) {
+            let mut s = lock(&h.stats);
+            s.selected = h.selected.len() as u64;
+            s.dirty = true;
+        }
+    }
+
+    /// A workload changed: work in proportion to the number of pipelines.
+    fn evaluate_workload(&mut self, workload_uid: &str) {
+        let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
+        for p in pipelines {
+            let before = self.pipelines.get(&p).map(|h| h.selected.len());
+            self.evaluate_one(&p, workload_uid);
+            if let Some(h) = self.pipelines.get(&p) {
+                if Some(h.selected.len()) != before {
+                    let mut s = lock(&h.stats);
+                    s.selected = h.selected.len() as u64;
+                    s.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn evaluate_one(&mut self, pipeline_uid: &str, workload_uid: &str) {
+        let Some(w) = self.workloads.get(workload_uid) else { return };
+        let Some(h) = self.pipelines.get_mut(pipeline_uid) else { return };
+        let selected = h.selection.as_ref().is_some_and(|sel| {
+            let ns_ok = match &sel.namespaces {
+                None => w.namespace == h.namespace,
+                Some(ns_sel) => self.namespaces.get(&w.namespace).is_some_and(|labels| ns_sel.matches(labels)),
+            };
+            ns_ok && sel.workloads.matches(&w.labels)
+        }) && !w.ignored();
+        if !selected {
+            h.selected.remove(workload_uid);
+            return;
+        }
+        h.selected.insert(workload_uid.to_string());
+        let Some(finished) = w.finished() else { return };
+        let key = RolloutKey::new(workload_uid, &finished);
+        match self.shared.ledger.decide(pipeline_uid, &key, finished.finished_at, h.created) {
+            Decision::Report => {}
+            Decision::Known | Decision::Superseded => return,
+            Decision::Baseline => {
+                debug!(workload = %w.reference(), revision = finished.revision, "finished before the pipeline existed: baseline, not reported");
+                return;
+            }
+        }
+        info!(workload = %w.reference(), revision = finished.revision, outcome = finished.outcome.as_str(), pipeline = %format!("{}/{}", h.namespace, h.name), "rollout finished");
+        self.shared.ledger.claim(
+            pipeline_uid,
+            key.clone(),
+            Entry { state: State::Pending, workload: w.reference(), event: None, reported_outcome: None },
+        );
+        {
+            let mut s = lock(&h.stats);
+            s.pending += 1;
+            s.dirty = true;
+        }
+        let view = w.clone();
+        let shared = self.shared.clone();
+        let outbox = h.outbox.clone();
+        let pipeline_uid = pipeline_uid.to_string();
+        tokio::spawn(async move {
+            let history = replica_set_history(&shared.client, &view, finished.revision).await;
+            let rollout = Rollout::new(&view, finished, history, Timestamp::now());
+            let event = report::deployment_event(&rollout, &shared.cfg.cluster_name);
+            let entry = Entry {
+                state: State::Pending,
+                workload: view.reference(),
+                event: Some(event),
+                reported_outcome: Some(rollout.outcome),
+            };
+            // Mark pending before sending: from here on a crash cannot lose it.
+            let mut attempt = 0;
+            while let Err(e) = shared.ledger.persist(&pipeline_uid, &[(key.clone(), entry.clone())]).await {
+                attempt += 1;
+                warn!(error = %e, workload = %view.reference(), "could not record a pending event; retrying");
+                tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
+            }
+            outbox.push(QueuedEvent { key, entry });
+        });
+    }
+}
+
+/// Reads the ReplicaSets of a workload: rollback detection, previous images, start time.
+/// One list request per finished rollout, scoped by the workload's own selector.
+async fn replica_set_history(client: &Client, w: &WorkloadView, revision: u64) -> History {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &w.namespace);
+    let selector: Selector = w.match_labels.clone().into_iter().collect();
+    let lp = ListParams::default().labels_from(&selector);
+    for attempt in 1..=3 {
+        match api.list(&lp).await {
+            Ok(list) => return History::from_replica_sets(w, revision, &list.items),
+            Err(e) => {
+                warn!(error = %e, workload = %w.reference(), attempt, "could not list ReplicaSets; the event goes without history if this persists");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+        }
+    }
+    History::default()
+}
+
+/// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries.
+struct Sender {
+    shared: Arc<Shared>,
+    uid: String,
+    namespace: String,
+    reference: ObjectReference,
+    outbox: Arc<Outbox>,
+    stats: Arc<Mutex<Stats>>,
+    spec: watch::Receiver<IlertPipelineSpec>,
+}
+
+/// The key ilert rejected, and when to try it once more anyway.
+struct Rejected {
+    key: IntegrationKey,
+    retry_at: Instant,
+    attempts: u32,
+}
+
+impl Sender {
+    async fn run(mut self) {
+        let mut failures: u32 = 0;
+        let mut secret_failures: u32 = 0;
+        let mut rejected: Option<Rejected> = None;
+        loop {
+            let spec = self.spec.borrow_and_update().clone();
+            if spec.suspend {
+                let _ = self.spec.changed().await;
+                continue;
+            }
+            let waiting = self.outbox.len();
+            {
+                let mut s = lock(&self.stats);
+                if s.pending != waiting as u64 {
+                    s.pending = waiting as u64;
+                    s.dirty = true;
+                }
+            }
+            if waiting == 0 {
+                tokio::select! {
+                    _ = self.outbox.notify.notified() => {}
+                    _ = self.spec.changed() => {}
+                }
+                continue;
+            }
+            let key = match self.read_key(&spec).await {
+                Ok(k) => {
+                    secret_failures = 0;
+                    k
+                }
+                Err(problem) => {
+                    secret_failures += 1;
+                    self.set_problem(Some(problem)).await;
+                    self.pause(backoff(secret_failures + 1, Duration::from_secs(30), jitter())).await;
+                    continue;
+                }
+            };
+            if let Some(r) = &rejected {
+                if r.key == key && Instant::now() < r.retry_at {
+                    self.pause(r.retry_at.saturating_duration_since(Instant::now()).min(Duration::from_secs(5))).await;
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            let plan = lock(&self.shared.budgets)
+                .entry(key.clone())
+                .or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute, now))
+                .plan(waiting, now);
+            let n = match plan {
+                Plan::WaitUntil(t) => {
+                    tokio::time::sleep_until(t).await;
+                    continue;
+                }
+                Plan::Send(n) => n,
+            };
+            let batch: Vec<(RolloutKey, Entry)> = {
+                let q = lock(&self.outbox.queue);
+                q.iter().take(n).map(|i| (i.key.clone(), i.entry.clone())).collect()
+            };
+            let events: Vec<DeploymentEvent> = batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
+            let cluster = &self.shared.cfg.cluster_name;
+            let take = report::combinable(&events, cluster).min(batch.len());
+            let batch = &batch[..take];
+            let event = report::combine(&events[..take], cluster);
+            let body = report::body(&event, key.expose());
+            lock(&self.shared.budgets).entry(key.clone()).or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute, now)).take(Instant::now());
+            match self.shared.ilert.send_deployment_event(&body, &key).await {
+                Ok(()) => {
+                    failures = 0;
+                    rejected = None;
+                    self.finish(batch, State::Sent).await;
+                    self.delivered(batch).await;
+                    self.set_problem(None).await;
+                }
+                Err(SendError::RateLimited { retry_after: ra }) => {
+                    let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
+                    info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
+                    let now = Instant::now();
+                    lock(&self.shared.budgets).entry(key.clone()).or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute, now)).exhausted_until(now + wait, now);
+                }
+                Err(SendError::Unavailable(msg)) => {
+                    failures += 1;
+                    let wait = backoff(failures, self.shared.cfg.retry_cap, jitter());
+                    warn!(pipeline = %self.name(), attempt = failures, retry_in_seconds = wait.as_secs_f32(), error = %msg, "ilert unavailable; retrying");
+                    if failures >= 3 {
+                        self.set_problem(Some(Problem {
+                            reason: "IlertUnavailable",
+                            message: format!("{msg}; {} events wait and are retried with backoff", self.outbox.len()),
+                        }))
+                        .await;
+                    }
+                    self.pause(wait).await;
+                }
+                Err(e @ SendError::KeyRejected { .. }) => {
+                    let attempts = rejected.as_ref().filter(|r| r.key == key).map_or(1, |r| r.attempts + 1);
+                    // The same key is tried again only rarely (10 min, doubling to 1 h); a new key at once.
+                    let wait = Duration::from_secs(600).saturating_mul(1 << (attempts - 1).min(3)).min(Duration::from_secs(3600));
+                    rejected = Some(Rejected { key: key.clone(), retry_at: Instant::now() + wait, attempts });
+                    let message = format!(
+                        "{e}. Put the integration key of an ilert deployment pipeline into Secret {}/{} key {}; {} events wait and go out once the key changes",
+                        self.namespace, spec.integration_key_secret_ref.name, spec.integration_key_secret_ref.key, self.outbox.len()
+                    );
+                    warn!(pipeline = %self.name(), error = %message, "integration key rejected");
+                    self.set_problem(Some(Problem { reason: "IntegrationKeyRejected", message })).await;
+                }
+                Err(e @ SendError::EventRejected { .. }) => {
+                    let names: Vec<&str> = batch.iter().map(|(_, e)| e.workload.as_str()).collect();
+                    let message = format!("{e}; not retried: {}", names.join(", "));
+                    warn!(pipeline = %self.name(), error = %message, "event rejected");
+                    self.finish(batch, State::Failed).await;
+                    {
+                        let mut s = lock(&self.stats);
+                        s.failed += batch.len() as u64;
+                        s.dirty = true;
+                    }
+                    self.publish(EventType::Warning, "EventRejected", &message).await;
+                    self.set_problem(Some(Problem { reason: "EventRejected", message })).await;
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{}/{}", self.namespace, self.reference.name.as_deref().unwrap_or_default())
+    }
+
+    /// Waits `d`, or less if the spec changes (a new Secret name, suspend).
+    async fn pause(&mut self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.spec.changed() => {}
+        }
+    }
+
+    async fn read_key(&self, spec: &IlertPipelineSpec) -> Result<IntegrationKey, Problem> {
+        let r = &spec.integration_key_secret_ref;
+        let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &self.namespace);
+        let secret = match api.get(&r.name).await {
+            Ok(s) => s,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Problem {
+                    reason: "SecretNotFound",
+                    message: format!(
+                        "Secret {}/{} not found: create it with the ilert integration key under key {}; events wait until then",
+                        self.namespace, r.name, r.key
+                    ),
+                });
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return Err(Problem {
+                    reason: "SecretForbidden",
+                    message: format!(
+                        "the controller may not read Secret {}/{} (403): grant it get on secrets",
+                        self.namespace, r.name
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(Problem { reason: "SecretUnavailable", message: format!("reading Secret {}/{} failed: {e}", self.namespace, r.name) });
+            }
+        };
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&r.key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key)).cloned())
+            .map(IntegrationKey::new)
+            .filter(|k| !k.expose().is_empty());
+        value.ok_or_else(|| Problem {
+            reason: "KeyNotFound",
+            message: format!(
+                "Secret {}/{} has no non-empty key {}: add the ilert integration key under that key, or set spec.integrationKeySecretRef.key",
+                self.namespace, r.name, r.key
+            ),
+        })
+    }
+
+    /// Records the outcome of a batch and removes it from the outbox.
+    async fn finish(&self, batch: &[(RolloutKey, Entry)], state: State) {
+        let done: Vec<(RolloutKey, Entry)> = batch
+            .iter()
+            .map(|(k, e)| (k.clone(), Entry { state, workload: e.workload.clone(), event: None, reported_outcome: e.reported_outcome }))
+            .collect();
+        let mut attempt = 0;
+        while let Err(e) = self.shared.ledger.persist(&self.uid, &done).await {
+            attempt += 1;
+            warn!(error = %e, "could not record delivery; retrying (a crash now may repeat this event once)");
+            tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
+        }
+        let keys: HashSet<&RolloutKey> = batch.iter().map(|(k, _)| k).collect();
+        lock(&self.outbox.queue).retain(|i| !keys.contains(&i.key));
+    }
+
+    async fn delivered(&self, batch: &[(RolloutKey, Entry)]) {
+        let Some((last_key, last)) = batch.last() else { return };
+        let outcome = last.reported_outcome.unwrap_or(last_key.outcome);
+        {
+            let mut s = lock(&self.stats);
+            s.sent += batch.len() as u64;
+            s.last_event = Some(LastEvent {
+                workload: last.workload.clone(),
+                revision: last_key.revision.to_string(),
+                outcome: outcome.as_str().to_string(),
+                sent_at: Timestamp::now().to_string(),
+            });
+            s.dirty = true;
+        }
+        let note = if batch.len() == 1 {
+            format!("Reported {} revision {} ({}) to ilert", last.workload, last_key.revision, outcome.as_str())
+        } else {
+            format!("Reported {} rollouts to ilert in one combined event", batch.len())
+        };
+        info!(pipeline = %self.name(), "{note}");
+        self.publish(EventType::Normal, "Delivered", &note).await;
+    }
+
+    async fn set_problem(&self, problem: Option<Problem>) {
+        let changed = {
+            let mut s = lock(&self.stats);
+            if s.delivery_problem != problem {
+                s.delivery_problem = problem.clone();
+                s.dirty = true;
+                true
+            } else {
+                false
+            }
+        };
+        if let (true, Some(p)) = (changed, problem) {
+            warn!(pipeline = %self.name(), reason = p.reason, "{}", p.message);
+            self.publish(EventType::Warning, p.reason, &p.message).await;
+        }
+    }
+
+    async fn publish(&self, type_: EventType, reason: &str, note: &str) {
+        publish(&self.shared.recorder, &self.reference, type_, reason, note).await;
+    }
+}
+
+async fn publish(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(report::truncate(note, 1000)),
+        action: if type_ == EventType::Normal { "Report".into() } else { "Deliver".into() },
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        debug!(error = %e, "could not record a Kubernetes Event");
+    }
+}
+
+/// Writes a pipeline's status when something changed, at most twice a second.
+struct StatusWriter {
+    shared: Arc<Shared>,
+    namespace: String,
+    name: String,
+    reference: ObjectReference,
+    outbox: Arc<Outbox>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+impl StatusWriter {
+    async fn run(self) {
+        let api: Api<IlertPipeline> = Api::namespaced(self.shared.client.clone(), &self.namespace);
+        let mut last_ready: Option<(bool, &'static str, String, Time)> = None;
+        let mut announced_config_problem: Option<Problem> = None;
+        let mut interval = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            interval.tick().await;
+            let (status, config_problem) = {
+                let mut s = lock(&self.stats);
+                if !s.dirty {
+                    continue;
+                }
+                s.dirty = false;
+                let (ready, reason, message) = s.ready();
+                let since = match &last_ready {
+                    Some((r, re, m, t)) if *r == ready && *re == reason && *m == message => t.clone(),
+                    Some((r, _, _, t)) if *r == ready => t.clone(),
+                    _ => Time(Timestamp::now()),
+                };
+                last_ready = Some((ready, reason, message.clone(), since.clone()));
+                let status = IlertPipelineStatus {
+                    observed_generation: s.generation,
+                    conditions: vec![Condition {
+                        type_: "Ready".into(),
+                        status: if ready { "True" } else { "False" }.into(),
+                        reason: reason.into(),
+                        message,
+                        last_transition_time: since,
+                        observed_generation: s.generation,
+                    }],
+                    selected_workloads: s.selected,
+                    events_sent: s.sent,
+                    events_failed: s.failed,
+                    pending_events: s.pending.max(self.outbox.len() as u64),
+                    last_event: s.last_event.clone(),
+                };
+                (status, s.config_problem.clone())
+            };
+            if config_problem != announced_config_problem {
+                if let Some(p) = &config_problem {
+                    warn!(pipeline = %format!("{}/{}", self.namespace, self.name), reason = p.reason, "{}", p.message);
+                    publish(&self.shared.recorder, &self.reference, EventType::Warning, p.reason, &p.message).await;
+                }
+                announced_config_problem = config_problem;
+            }
+            let patch = json!({ "status": status });
+            match api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(e) => {
+                    debug!(error = %e, "could not write pipeline status; will retry");
+                    lock(&self.stats).dirty = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Delivery state: which rollouts each pipeline has reported or still owes, persisted in ConfigMaps
+//! the controller owns in its own namespace (it never writes to workloads).
+//!
+//! One entry per (pipeline, workload UID, revision, outcome), keyed `<uid>.<revision>.<outcome>`
+//! in ConfigMap `ilert-ledger-<pipeline uid>-<first hex digit of the workload uid>`: 16 shards per
+//! pipeline keep each object small (about 80 KiB at 10,000 workloads). A pending entry carries its
+//! event (without the key) so it is delivered even if the workload moves on or is deleted; a sent
+//! entry shrinks to a few bytes, and only the newest per workload is kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::report::DeploymentEvent;
+use crate::rollout::{Finished, Outcome};
+
+pub const MANAGED_BY: &str = "ilert-rollout-controller";
+const PIPELINE_UID_LABEL: &str = "ilert.com/pipeline-uid";
+const NAME_PREFIX: &str = "ilert-ledger-";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Pending,
+    Sent,
+    /// ilert refused it for good; kept so it is not tried again.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(rename = "s")]
+    pub state: State,
+    /// `Kind/namespace/name`.
+    #[serde(rename = "w")]
+    pub workload: String,
+    /// The event to send, while pending.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<DeploymentEvent>,
+    /// The outcome as reported (RolledBack refines Completed).
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub reported_outcome: Option<Outcome>,
+}
+
+/// Identity of one rollout outcome of one workload.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RolloutKey {
+    pub workload_uid: String,
+    pub revision: u64,
+    pub outcome: Outcome,
+}
+
+impl RolloutKey {
+    pub fn new(workload_uid: &str, finished: &Finished) -> Self {
+        RolloutKey { workload_uid: workload_uid.to_string(), revision: finished.revision, outcome: finished.outcome }
+    }
+
+    fn data_key(&self) -> String {
+        format!("{}.{}.{}", self.workload_uid, self.revision, self.outcome.as_str())
+    }
+
+    fn parse(key: &str) -> Option<Self> {
+        let mut parts = key.rsplitn(3, '.');
+        let outcome = match parts.next()? {
+            "Completed" => Outcome::Completed,
+            "Failed" => Outcome::Failed,
+            "RolledBack" => Outcome::RolledBack,
+            _ => return None,
+        };
+        let revision = parts.next()?.parse().ok()?;
+        Some(RolloutKey { workload_uid: parts.next()?.to_string(), revision, outcome })
+    }
+
+    fn shard(&self) -> char {
+        self.workload_uid.chars().next().filter(char::is_ascii_hexdigit).unwrap_or('0').to_ascii_lowercase()
+    }
+}
+
+/// Whether a finished rollout is to be reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Report,
+    /// Already pending, sent or failed.
+    Known,
+    /// A newer revision of the workload is already known.
+    Superseded,
+    /// Finished before the pipeline existed: the first-sight baseline.
+    Baseline,
+}
+
+/// Pure: what to do with `key` given what the pipeline already knows of that workload.
+pub fn decide<'a>(
+    known: impl IntoIterator<Item = &'a RolloutKey>,
+    key: &RolloutKey,
+    finished_at: Option<Timestamp>,
+    pipeline_created: Timestamp,
+) -> Decision {
+    let mut any = false;
+    for k in known.into_iter().filter(|k| k.workload_uid == key.workload_uid) {
+        any = true;
+        if k == key {
+            return Decision::Known;
+        }
+        if k.revision > key.revision {
+            return Decision::Superseded;
+        }
+    }
+    match finished_at {
+        // Nothing known of the workload and it finished before the pipeline was created.
+        Some(t) if !any && t < pipeline_created => Decision::Baseline,
+        _ => Decision::Report,
+    }
+}
+
+/// The in-memory mirror of the persisted state, and its persistence.
+pub struct Ledger {
+    api: Api<ConfigMap>,
+    entries: Mutex<HashMap<String, BTreeMap<RolloutKey, Entry>>>,
+}
+
+impl Ledger {
+    /// Loads every ledger ConfigMap of `namespace`.
+    pub async fn load(client: Client, namespace: &str) -> Result<Self, kube::Error> {
+        let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+        let lp = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"));
+        let mut entries: HashMap<String, BTreeMap<RolloutKey, Entry>> = HashMap::new();
+        for cm in api.list(&lp).await? {
+            let Some(pipeline) = cm.metadata.labels.as_ref().and_then(|l| l.get(PIPELINE_UID_LABEL)).cloned() else {
+                continue;
+            };
+            let map = entries.entry(pipeline).or_default();
+            for (k, v) in cm.data.into_iter().flatten() {
+                if let (Some(key), Ok(entry)) = (RolloutKey::parse(&k), serde_json::from_str::<Entry>(&v)) {
+                    map.insert(key, entry);
+                }
+            }
+        }
+        Ok(Ledger { api, entries: Mutex::new(entries) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<RolloutKey, Entry>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pipelines the ledger holds state for.
+    pub fn pipelines(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// The pending entries of a pipeline (to resume delivery after a restart).
+    pub fn pending(&self, pipeline: &str) -> Vec<(RolloutKey, Entry)> {
+        self.lock()
+            .get(pipeline)
+            .map(|m| m.iter().filter(|(_, e)| e.state == State::Pending).map(|(k, e)| (k.clone(), e.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn decide(&self, pipeline: &str, key: &RolloutKey, finished_at: Option<Timestamp>, created: Timestamp) -> Decision {
+        let guard = self.lock();
+        let known = guard.get(pipeline).into_iter().flat_map(|m| {
+            m.range(
+                RolloutKey { workload_uid: key.workload_uid.clone(), revision: 0, outcome: Outcome::Completed }..,
+            )
+            .take_while(|(k, _)| k.workload_uid == key.workload_uid)
+            .map(|(k, _)| k)
+        });
+        decide(known, key, finished_at, created)
+    }
+
+    /// Claims `key` in memory (so it is not enqueued twice); persisted by [`Ledger::persist`].
+    pub fn claim(&self, pipeline: &str, key: RolloutKey, entry: Entry) {
+        self.lock().entry(pipeline.to_string()).or_default().insert(key, entry);
+    }
+
+    /// Forgets an in-memory claim that never got persisted (the event could not be built).
+    pub fn release(&self, pipeline: &str, key: &RolloutKey) {
+        if let Some(m) = self.lock().get_mut(pipeline) {
+            m.remove(key);
+        }
+    }
+
+    /// Writes `entries` (all of one pipeline) and, for sent ones, drops older entries of the same
+    /// workload. One patch per touched shard.
+    pub async fn persist(&self, pipeline: &str, entries: &[(RolloutKey, Entry)]) -> Result<(), kube::Error> {
+        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+        {
+            let mut guard = self.lock();
+            let map = guard.entry(pipeline.to_string()).or_default();
+            for (key, entry) in entries {
+                let shard = shards.entry(key.shard()).or_default();
+                if entry.state != State::Pending {
+                    let older: Vec<RolloutKey> = map
+                        .keys()
+                        .filter(|k| k.workload_uid == key.workload_uid && k.revision < key.revision)
+                        .filter(|k| map.get(*k).is_some_and(|e| e.state != State::Pending))
+                        .cloned()
+                        .collect();
+                    for k in older {
+                        map.remove(&k);
+                        shard.insert(k.data_key(), serde_json::Value::Null);
+                    }
+                }
+                map.insert(key.clone(), entry.clone());
+                shard.insert(key.data_key(), json!(serde_json::to_string(entry).unwrap_or_default()));
+            }
+        }
+        for (shard, data) in shards {
+            self.patch_shard(pipeline, shard, data).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops sent and failed entries of workloads that no longer exist.
+    pub async fn prune(&self, pipeline: &str, alive: &dyn Fn(&str) -> bool) -> Result<usize, kube::Error> {
+        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+        {
+            let mut guard = self.lock();
+            let Some(map) = guard.get_mut(pipeline) else { return Ok(0) };
+            map.retain(|k, e| {
+                let keep = e.state == State::Pending || alive(&k.workload_uid);
+                if !keep {
+                    shards.entry(k.shard()).or_default().insert(k.data_key(), serde_json::Value::Null);
+                }
+                keep
+            });
+        }
+        let n = shards.values().map(serde_json::Map::len).sum();
+        for (shard, data) in shards {
+            self.patch_shard(pipeline, shard, data).await?;
+        }
+        Ok(n)
+    }
+
+    /// Deletes every ConfigMap of a pipeline that is gone.
+    pub async fn forget_pipeline(&self, pipeline: &str) -> Result<(), kube::Error> {
+        self.lock().remove(pipeline);
+        let lp = ListParams::default().labels(&format!("{PIPELINE_UID_LABEL}={pipeline}"));
+        for cm in self.api.list(&lp).await? {
+            if let Some(name) = cm.metadata.name {
+                match self.api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn patch_shard(&self, pipeline: &str, shard: char, data: serde_json::Map<String, serde_json::Value>) -> Result<(), kube::Error> {
+        let name = format!("{NAME_PREFIX}{pipeline}-{shard}");
+        let patch = json!({ "data": data });
+        match self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let values: BTreeMap<String, String> = data
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+                    .collect();
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(BTreeMap::from([
+                            ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+                            (PIPELINE_UID_LABEL.to_string(), pipeline.to_string()),
+                        ])),
+                        ..Default::default()
+                    },
+                    data: Some(values),
+                    ..Default::default()
+                };
+                match self.api.create(&PostParams::default(), &cm).await {
+                    Ok(_) => Ok(()),
+                    // Created meanwhile by another write: patch again.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(uid: &str, revision: u64, outcome: Outcome) -> RolloutKey {
+        RolloutKey { workload_uid: uid.into(), revision, outcome }
+    }
+
+    #[test]
+    fn keys_round_trip_through_configmap_data_keys() {
+        let k = key("7b1c1f6e-0d3a-4a51-9a07-0c2d1b9f3e11", 12, Outcome::Failed);
+        assert_eq!(RolloutKey::parse(&k.data_key()), Some(k.clone()));
+        assert_eq!(k.shard(), '7');
+    }
+
+    #[test]
+    fn decides_once_per_rollout_with_a_first_sight_baseline() {
+        let created: Timestamp = "2026-11-26T10:00:00Z".parse().unwrap();
+        let before: Timestamp = "2026-11-26T09:00:00Z".parse().unwrap();
+        let after: Timestamp = "2026-11-26T11:00:00Z".parse().unwrap();
+        let r1 = key("a", 1, Outcome::Completed);
+        let r2 = key("a", 2, Outcome::Completed);
+        let f2 = key("a", 2, Outcome::Failed);
+        assert_eq!(decide([], &r1, Some(before), created), Decision::Baseline);
+        assert_eq!(decide([], &r1, Some(after), created), Decision::Report);
+        assert_eq!(decide([&r1], &r1, Some(after), created), Decision::Known);
+        assert_eq!(decide([&r1], &r2, Some(after), created), Decision::Report);
+        // Known workload: a later rollout is reported even if its finish time looks early.
+        assert_eq!(decide([&r1], &r2, Some(before), created), Decision::Report);
+        assert_eq!(decide([&r2], &r1, Some(after), created), Decision::Superseded);
+        assert_eq!(decide([&f2], &r2, Some(after), created), Decision::Report);
+        assert_eq!(decide([&key("b", 9, Outcome::Completed)], &r1, Some(before), created), Decision::Baseline);
+    }
+}

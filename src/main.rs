@@ -1,0 +1,176 @@
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use ilert_rollout_controller::controller::{self, Config, Readiness};
+use ilert_rollout_controller::ilert::IlertClient;
+use ilert_rollout_controller::pipeline::IlertPipeline;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "ilert-rollout-controller", version, about = "Reports every finished Kubernetes rollout to ilert as a deployment event")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
+    /// Print the IlertPipeline CRD as YAML.
+    Crds,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// ilert's API base URL.
+    #[arg(long, env = "ILERT_API_URL", default_value = "https://api.ilert.com")]
+    api_url: String,
+    /// Cluster name shown in every event.
+    #[arg(long, env = "CLUSTER_NAME", default_value = "")]
+    cluster_name: String,
+    /// The controller's own namespace: delivery state lives here. Default: the pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespaces whose pipelines may use namespaceSelector (comma-separated). Default: the controller's own.
+    #[arg(long, env = "TRUSTED_NAMESPACES", value_delimiter = ',')]
+    trusted_namespaces: Vec<String>,
+    /// Requests per minute per integration key (ilert allows 10 for deployment pipelines).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit_per_minute: u32,
+    /// Serve only IlertPipelines with these labels (e.g. `shard=a`): splits a large cluster across releases.
+    #[arg(long, env = "PIPELINE_SELECTOR")]
+    pipeline_selector: Option<String>,
+    /// Time-out of one request to ilert, in seconds.
+    #[arg(long, env = "ILERT_TIMEOUT_SECONDS", default_value_t = 10)]
+    ilert_timeout_seconds: u64,
+    /// Longest wait between retries while ilert is unavailable, in seconds.
+    #[arg(long, env = "RETRY_MAX_SECONDS", default_value_t = 300)]
+    retry_max_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn,reqwest=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // One TLS crypto provider for kube and reqwest alike.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Crds) => {
+            print!("{}", ilert_rollout_controller::crd_yaml());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Run(args)) => args,
+        None => cli.run,
+    };
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let namespace = match args.namespace.clone().filter(|n| !n.is_empty()) {
+        Some(ns) => ns,
+        None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "default".to_string()),
+    };
+    let trusted: Vec<String> = if args.trusted_namespaces.iter().all(|t| t.trim().is_empty()) {
+        vec![namespace.clone()]
+    } else {
+        args.trusted_namespaces.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    };
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes API found: run in a cluster, or set KUBECONFIG")?;
+    check_crd(&client).await?;
+    let ilert = IlertClient::new(&args.api_url, Duration::from_secs(args.ilert_timeout_seconds.max(1)))?;
+    let cfg = Config {
+        namespace: namespace.clone(),
+        trusted_namespaces: trusted.clone(),
+        cluster_name: args.cluster_name.clone(),
+        rate_limit_per_minute: args.rate_limit_per_minute,
+        pipeline_selector: args.pipeline_selector.clone(),
+        retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
+    };
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespace = %namespace,
+        trusted_namespaces = %trusted.join(","),
+        api_url = %args.api_url,
+        cluster = %args.cluster_name,
+        rate_limit_per_minute = args.rate_limit_per_minute,
+        "starting"
+    );
+    let readiness = Readiness::default();
+    tokio::select! {
+        r = controller::run(client, ilert, cfg, readiness) => r,
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Fails fast with an install hint when the CRD is missing, instead of looping on 404s.
+async fn check_crd(client: &Client) -> anyhow::Result<()> {
+    let api: Api<IlertPipeline> = Api::all(client.clone());
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => anyhow::bail!(
+            "the IlertPipeline CRD (ilertpipelines.ilert.com) is not installed: run `kubectl apply -f crds/ilert.com_ilertpipelines.yaml` (or `ilert-rollout-controller crds | kubectl apply -f -`), or install the Helm chart"
+        ),
+        Err(e) => Err(e).context("cannot list IlertPipelines"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

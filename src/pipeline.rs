@@ -1,0 +1,115 @@
+//! The `IlertPipeline` custom resource: where a set of workloads reports its rollouts.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default key inside the Secret that holds the ilert integration key.
+pub const DEFAULT_SECRET_KEY: &str = "integrationKey";
+
+/// Reports every finished rollout of the selected workloads to one ilert deployment pipeline.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ilert.com",
+    version = "v1alpha1",
+    kind = "IlertPipeline",
+    namespaced,
+    shortname = "ilp",
+    category = "ilert",
+    status = "IlertPipelineStatus",
+    doc = "IlertPipeline reports every finished rollout of the selected workloads to one ilert deployment pipeline as a deployment event.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the pipeline can deliver events"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the pipeline is or is not ready"),
+    printcolumn(name = "Workloads", type_ = "integer", json_path = ".status.selectedWorkloads", description = "Workloads the pipeline selects"),
+    printcolumn(name = "Sent", type_ = "integer", json_path = ".status.eventsSent", description = "Events ilert accepted"),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pendingEvents", description = "Events waiting to be sent"),
+    printcolumn(name = "Last Event", type_ = "date", json_path = ".status.lastEvent.sentAt", description = "When ilert last accepted an event"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IlertPipelineSpec {
+    /// The Secret, in this pipeline's namespace, that holds the ilert deployment pipeline's integration key.
+    pub integration_key_secret_ref: SecretKeyRef,
+
+    /// Namespaces whose workloads this pipeline reports, by their labels (`{}` selects every namespace).
+    /// Absent: only the pipeline's own namespace. Only pipelines in the controller's trusted namespaces
+    /// may set it; elsewhere the pipeline is refused with Ready=False (NamespaceSelectorNotAllowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Workloads to report, by their labels. Absent or `{}`: every workload in the selected namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+
+    /// Stops sending while true. Rollouts that finish meanwhile are kept and sent when it is set back to false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// A key in a Secret of the pipeline's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Key in the Secret's data whose value is the integration key.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    DEFAULT_SECRET_KEY.to_string()
+}
+
+/// What the controller observed and did; written by the controller only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IlertPipelineStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`: whether events can be delivered, with the reason when they cannot
+    /// (SecretNotFound, KeyNotFound, IntegrationKeyRejected, EventRejected, IlertUnavailable,
+    /// NamespaceSelectorNotAllowed, InvalidSelector, Suspended).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// How many workloads the pipeline currently selects.
+    #[serde(default)]
+    pub selected_workloads: u64,
+
+    /// Deployment events ilert accepted (a combined event counts once).
+    #[serde(default)]
+    pub events_sent: u64,
+
+    /// Rollouts ilert refused for good (400, or the key was rejected) and that were given up.
+    #[serde(default)]
+    pub events_failed: u64,
+
+    /// Rollouts waiting to be sent.
+    #[serde(default)]
+    pub pending_events: u64,
+
+    /// The last rollout ilert accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<LastEvent>,
+}
+
+/// The last rollout ilert accepted for this pipeline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastEvent {
+    /// `Kind/namespace/name` of the workload.
+    pub workload: String,
+    /// The workload's revision that rolled out.
+    pub revision: String,
+    /// Completed, Failed or RolledBack.
+    pub outcome: String,
+    /// When ilert accepted it (RFC 3339).
+    pub sent_at: String,
+}

@@ -1,0 +1,195 @@
+//! Pure: a finished rollout + the pipeline's context -> the ilert deployment event payload.
+//! The integration key is not part of it: it is added at the moment of sending, never stored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::rollout::{CHANGE_CAUSE_ANNOTATION, Outcome, Rollout};
+
+/// ilert's own GitHub action cuts the summary at 1024 characters.
+pub const MAX_SUMMARY_CHARS: usize = 1024;
+/// ... and keeps the whole message under 256 KiB.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+/// At most this many rollouts go into one combined event.
+pub const MAX_COMBINED: usize = 100;
+
+/// The body of `POST /api/deployment-events`, without the integration key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentEvent {
+    pub summary: String,
+    /// Epoch milliseconds of when the rollout finished.
+    pub timestamp: i64,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub custom_details: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<EventLink>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_email: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventLink {
+    pub href: String,
+    pub text: String,
+}
+
+/// One line a human reads in ilert; a failure or rollback says so in its first words.
+pub fn summary(rollout: &Rollout, cluster: &str) -> String {
+    let w = &rollout.workload;
+    let what = format!("{} {}/{}", w.kind, w.namespace, w.name);
+    let images = images_line(&rollout.workload.images);
+    let on = if cluster.is_empty() { String::new() } else { format!(" on {cluster}") };
+    let rev = rollout.revision;
+    let line = match rollout.outcome {
+        Outcome::Completed => format!("{what} rolled out {images} (revision {rev}){on}"),
+        Outcome::Failed => format!("Rollout failed: {what} did not roll out {images} (revision {rev}){on}"),
+        Outcome::RolledBack => {
+            format!("Rolled back: {what} returned to {images} (revision {rev}){on}")
+        }
+    };
+    truncate(&line, MAX_SUMMARY_CHARS)
+}
+
+fn images_line(images: &BTreeMap<String, String>) -> String {
+    let mut distinct: Vec<&str> = images.values().map(String::as_str).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    match distinct.len() {
+        0 => "no containers".to_string(),
+        1..=3 => distinct.join(", "),
+        n => format!("{}, {} and {} more", distinct[0], distinct[1], n - 2),
+    }
+}
+
+/// Cuts `s` to at most `max` characters, ending with an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The event for one finished rollout.
+pub fn deployment_event(rollout: &Rollout, cluster: &str) -> DeploymentEvent {
+    DeploymentEvent {
+        summary: summary(rollout, cluster),
+        timestamp: rollout.finished_at.as_millisecond(),
+        custom_details: details(rollout, cluster),
+        links: Vec::new(),
+        user_email: None,
+    }
+}
+
+fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
+    let w = &rollout.workload;
+    let mut d = Map::new();
+    if !cluster.is_empty() {
+        d.insert("cluster".into(), json!(cluster));
+    }
+    d.insert("namespace".into(), json!(w.namespace));
+    d.insert("kind".into(), json!(w.kind));
+    d.insert("name".into(), json!(w.name));
+    d.insert("uid".into(), json!(w.uid));
+    d.insert("revision".into(), json!(rollout.revision.to_string()));
+    d.insert("outcome".into(), json!(rollout.outcome.as_str()));
+    d.insert("images".into(), json!(w.images));
+    if !rollout.history.previous_images.is_empty() {
+        d.insert("previousImages".into(), json!(rollout.history.previous_images));
+    }
+    if let Some(prev) = rollout.history.previous_revision {
+        d.insert("previousRevision".into(), json!(prev.to_string()));
+    }
+    if !rollout.history.rolled_back_from.is_empty() {
+        let revs: Vec<String> = rollout.history.rolled_back_from.iter().map(u64::to_string).collect();
+        d.insert("rolledBackToRevisionsOf".into(), json!(revs));
+    }
+    d.insert(
+        "replicas".into(),
+        json!({"desired": w.spec_replicas, "updated": w.updated_replicas, "ready": w.ready_replicas, "available": w.available_replicas}),
+    );
+    if let Some(secs) = rollout.duration_seconds() {
+        d.insert("rolloutDurationSeconds".into(), json!(secs));
+    }
+    d.insert("finishedAt".into(), json!(rollout.finished_at.to_string()));
+    if let Some(cause) = w.annotations.get(CHANGE_CAUSE_ANNOTATION) {
+        d.insert("changeCause".into(), json!(cause));
+    }
+    if let Some(manager) = &w.template_manager {
+        d.insert("changedBy".into(), json!(manager));
+    }
+    let app_labels: BTreeMap<&String, &String> =
+        w.labels.iter().filter(|(k, _)| k.starts_with("app.kubernetes.io/")).collect();
+    if !app_labels.is_empty() {
+        d.insert("labels".into(), json!(app_labels));
+    }
+    d
+}
+
+/// One event that names every rollout in `events`, for when more wait than the rate budget allows.
+/// `events` must not be empty; its order is kept.
+pub fn combine(events: &[DeploymentEvent], cluster: &str) -> DeploymentEvent {
+    debug_assert!(!events.is_empty());
+    if events.len() == 1 {
+        return events[0].clone();
+    }
+    let on = if cluster.is_empty() { String::new() } else { format!(" on {cluster}") };
+    let failures = events
+        .iter()
+        .filter(|e| e.custom_details.get("outcome").and_then(Value::as_str) != Some(Outcome::Completed.as_str()))
+        .count();
+    let head = if failures > 0 {
+        format!("{} rollouts{on} ({failures} failed or rolled back): ", events.len())
+    } else {
+        format!("{} rollouts{on}: ", events.len())
+    };
+    let body: Vec<String> = events.iter().map(|e| strip_cluster(&e.summary, &on)).collect();
+    let mut custom = Map::new();
+    if !cluster.is_empty() {
+        custom.insert("cluster".into(), json!(cluster));
+    }
+    custom.insert("combined".into(), json!(events.len()));
+    custom.insert(
+        "rollouts".into(),
+        Value::Array(events.iter().map(|e| Value::Object(e.custom_details.clone())).collect()),
+    );
+    DeploymentEvent {
+        summary: truncate(&(head + &body.join("; ")), MAX_SUMMARY_CHARS),
+        // The latest finish: the moment the batch of changes was all in place.
+        timestamp: events.iter().map(|e| e.timestamp).max().unwrap_or_default(),
+        custom_details: custom,
+        links: Vec::new(),
+        user_email: None,
+    }
+}
+
+fn strip_cluster(summary: &str, on: &str) -> String {
+    if !on.is_empty() {
+        if let Some(s) = summary.strip_suffix(on) {
+            return s.to_string();
+        }
+    }
+    summary.to_string()
+}
+
+/// The serialized request body, with the key, as ilert receives it.
+pub fn body(event: &DeploymentEvent, integration_key: &str) -> Value {
+    let mut v = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut v {
+        m.insert("integrationKey".into(), json!(integration_key));
+    }
+    v
+}
+
+/// How many of `events` fit into one combined event within ilert's size limit.
+pub fn combinable(events: &[DeploymentEvent], cluster: &str) -> usize {
+    let mut n = events.len().min(MAX_COMBINED);
+    while n > 1 && serde_json::to_vec(&combine(&events[..n], cluster)).map_or(0, |b| b.len()) > MAX_EVENT_BYTES - 1024 {
+        n /= 2;
+    }
+    n.max(1)
+}

@@ -1,0 +1,303 @@
+//! Pure rollout detection: a Deployment (and, for history, its ReplicaSets) -> its rollout.
+//! No I/O here; unit tests run it over objects captured from the real control plane.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use serde::{Deserialize, Serialize};
+
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+pub const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+pub const IGNORE_ANNOTATION: &str = "ilert.com/ignore";
+/// Annotations copied into the compact view; everything else (notably
+/// `kubectl.kubernetes.io/last-applied-configuration`, which can hold secrets) is dropped at once.
+const KEPT_ANNOTATIONS: &[&str] = &[REVISION_ANNOTATION, CHANGE_CAUSE_ANNOTATION];
+const KEPT_ANNOTATION_PREFIX: &str = "ilert.com/";
+
+/// How a finished rollout ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Outcome {
+    Completed,
+    Failed,
+    RolledBack,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "Completed",
+            Outcome::Failed => "Failed",
+            Outcome::RolledBack => "RolledBack",
+        }
+    }
+}
+
+/// Where the current rollout of a workload stands, from the object alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Still rolling out (or the Deployment controller has not seen the latest spec yet).
+    InProgress,
+    /// `spec.paused`: never complete while paused.
+    Paused,
+    /// Every replica runs the current template and is available.
+    Complete,
+    /// Progressing=False with reason ProgressDeadlineExceeded.
+    Failed,
+}
+
+/// What is kept in memory of a watched Deployment: only what rollout detection, selection and the
+/// payload need. Built straight from the watch event so full objects never accumulate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadView {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    /// Only the revision, change-cause and `ilert.com/*` annotations.
+    pub annotations: BTreeMap<String, String>,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub paused: bool,
+    pub spec_replicas: i32,
+    pub replicas: i32,
+    pub updated_replicas: i32,
+    pub available_replicas: i32,
+    pub ready_replicas: i32,
+    /// Reason and last update time of the Progressing condition.
+    pub progressing_reason: Option<String>,
+    pub progressing_updated: Option<Timestamp>,
+    /// Container name -> image, init containers prefixed with `init:`.
+    pub images: BTreeMap<String, String>,
+    /// The manager that last changed the pod template, and when (from managedFields).
+    pub template_manager: Option<String>,
+    pub template_changed_at: Option<Timestamp>,
+    /// `spec.selector.matchLabels`, to find the workload's ReplicaSets.
+    pub match_labels: BTreeMap<String, String>,
+    pub created_at: Option<Timestamp>,
+}
+
+impl WorkloadView {
+    pub fn from_deployment(d: &Deployment) -> Self {
+        let meta = &d.metadata;
+        let spec = d.spec.as_ref();
+        let status = d.status.as_ref();
+        let progressing = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+        let (template_manager, template_changed_at) = template_change(meta.managed_fields.as_deref());
+        WorkloadView {
+            kind: "Deployment",
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: meta
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| KEPT_ANNOTATIONS.contains(&k.as_str()) || k.starts_with(KEPT_ANNOTATION_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            generation: meta.generation.unwrap_or(0),
+            observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+            paused: spec.and_then(|s| s.paused).unwrap_or(false),
+            spec_replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+            replicas: status.and_then(|s| s.replicas).unwrap_or(0),
+            updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
+            ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            progressing_reason: progressing.and_then(|c| c.reason.clone()),
+            progressing_updated: progressing
+                .and_then(|c| c.last_update_time.as_ref().or(c.last_transition_time.as_ref()))
+                .map(|t| t.0),
+            images: spec.map(|s| images(&s.template)).unwrap_or_default(),
+            template_manager,
+            template_changed_at,
+            match_labels: spec
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default(),
+            created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+
+    /// `Kind/namespace/name`, how a workload is named in status, Events and logs.
+    pub fn reference(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    pub fn revision(&self) -> Option<u64> {
+        self.annotations.get(REVISION_ANNOTATION)?.parse().ok()
+    }
+
+    pub fn ignored(&self) -> bool {
+        self.annotations.get(IGNORE_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
+    /// The rule of `kubectl rollout status`, plus: a paused Deployment is never complete.
+    pub fn progress(&self) -> Progress {
+        if self.observed_generation < self.generation {
+            return Progress::InProgress;
+        }
+        if self.progressing_reason.as_deref() == Some("ProgressDeadlineExceeded") {
+            return Progress::Failed;
+        }
+        if self.paused {
+            return Progress::Paused;
+        }
+        if self.updated_replicas < self.spec_replicas
+            || self.replicas > self.updated_replicas
+            || self.available_replicas < self.updated_replicas
+        {
+            return Progress::InProgress;
+        }
+        Progress::Complete
+    }
+
+    /// The finished rollout the object shows now, if its current revision has finished.
+    pub fn finished(&self) -> Option<Finished> {
+        let revision = self.revision()?;
+        let outcome = match self.progress() {
+            Progress::Complete => Outcome::Completed,
+            Progress::Failed => Outcome::Failed,
+            Progress::InProgress | Progress::Paused => return None,
+        };
+        Some(Finished {
+            revision,
+            outcome,
+            // The Deployment controller stamps the Progressing condition when the rollout completes
+            // or times out; ilert correlates by this time, not by when we happen to send.
+            finished_at: self.progressing_updated,
+        })
+    }
+}
+
+/// A finished rollout as the object shows it. `Completed` may still turn out to be a rollback
+/// once the ReplicaSets are looked at (see [`History`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub revision: u64,
+    pub outcome: Outcome,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What the workload's ReplicaSets add to a finished rollout.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// The current ReplicaSet was used by earlier revisions (`kubectl rollout undo`, a GitOps revert).
+    pub rolled_back_from: Vec<u64>,
+    /// Images of the revision before this one.
+    pub previous_images: BTreeMap<String, String>,
+    pub previous_revision: Option<u64>,
+    /// When the current ReplicaSet was created (a fallback start time for the duration).
+    pub replica_set_created_at: Option<Timestamp>,
+}
+
+impl History {
+    /// Reads the history of `workload` at `revision` from its ReplicaSets (those it owns).
+    pub fn from_replica_sets(workload: &WorkloadView, revision: u64, replica_sets: &[ReplicaSet]) -> Self {
+        let owned: Vec<(u64, &ReplicaSet)> = replica_sets
+            .iter()
+            .filter(|rs| {
+                rs.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == workload.uid && o.controller == Some(true))
+            })
+            .filter_map(|rs| {
+                let rev = rs.metadata.annotations.as_ref()?.get(REVISION_ANNOTATION)?.parse().ok()?;
+                Some((rev, rs))
+            })
+            .collect();
+        let current = owned.iter().find(|(rev, _)| *rev == revision).map(|(_, rs)| *rs);
+        let previous = owned.iter().filter(|(rev, _)| *rev < revision).max_by_key(|(rev, _)| *rev);
+        History {
+            rolled_back_from: current
+                .and_then(|rs| rs.metadata.annotations.as_ref()?.get(REVISION_HISTORY_ANNOTATION).cloned())
+                .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+            previous_images: previous
+                .and_then(|(_, rs)| rs.spec.as_ref()?.template.as_ref().map(images))
+                .unwrap_or_default(),
+            previous_revision: previous.map(|(rev, _)| *rev),
+            replica_set_created_at: current.and_then(|rs| rs.metadata.creation_timestamp.as_ref()).map(|t| t.0),
+        }
+    }
+}
+
+/// A finished rollout with everything the payload needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    pub workload: WorkloadView,
+    pub revision: u64,
+    pub outcome: Outcome,
+    pub finished_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub history: History,
+}
+
+impl Rollout {
+    /// Combines the object's view with its history. `now` stands in for a missing finish time.
+    pub fn new(workload: &WorkloadView, finished: Finished, history: History, now: Timestamp) -> Self {
+        let outcome = match finished.outcome {
+            Outcome::Completed if !history.rolled_back_from.is_empty() => Outcome::RolledBack,
+            other => other,
+        };
+        let finished_at = finished.finished_at.unwrap_or(now);
+        // The template change that started this rollout, else the ReplicaSet's creation (a first
+        // rollout, or a change made by a manager whose entry was lost).
+        let started_at = [workload.template_changed_at, history.replica_set_created_at]
+            .into_iter()
+            .flatten()
+            .find(|t| *t <= finished_at);
+        Rollout {
+            workload: workload.clone(),
+            revision: finished.revision,
+            outcome,
+            finished_at,
+            started_at,
+            history,
+        }
+    }
+
+    pub fn duration_seconds(&self) -> Option<i64> {
+        let start = self.started_at?;
+        Some((self.finished_at.as_second() - start.as_second()).max(0))
+    }
+}
+
+fn images(template: &PodTemplateSpec) -> BTreeMap<String, String> {
+    let Some(spec) = template.spec.as_ref() else {
+        return BTreeMap::new();
+    };
+    let init = spec.init_containers.iter().flatten().map(|c| (format!("init:{}", c.name), c));
+    let main = spec.containers.iter().map(|c| (c.name.clone(), c));
+    init.chain(main)
+        .map(|(name, c)| (name, c.image.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// The field manager that last changed `spec.template` and when, from managedFields: `kubectl`,
+/// `helm`, `argocd-controller`, ... Scale and status subresource writes do not count.
+fn template_change(entries: Option<&[ManagedFieldsEntry]>) -> (Option<String>, Option<Timestamp>) {
+    entries
+        .into_iter()
+        .flatten()
+        .filter(|e| e.subresource.as_deref().unwrap_or("").is_empty())
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|s| s.get("f:template"))
+                .is_some()
+        })
+        .filter_map(|e| Some((e.manager.clone(), e.time.as_ref()?.0)))
+        .max_by_key(|(_, t)| *t)
+        .map(|(m, t)| (m, Some(t)))
+        .unwrap_or((None, None))
+}
