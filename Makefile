@@ -33,4 +33,4 @@ cluster-down:
 
 ## Captures real Deployment/ReplicaSet objects into tests/fixtures (needs a running control plane).
 fixtures:
-	tests/fixtures/capture.sh
+	tests/fixtures/capture.py

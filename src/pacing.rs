@@ -61,7 +61,8 @@ impl Budget {
     pub fn exhausted_until(&mut self, until: Instant, now: Instant) {
         self.refill(now);
         let wait = until.saturating_duration_since(now).as_secs_f64();
-        self.tokens = -(wait * self.per_minute / 60.0);
+        // One token comes due exactly at `until`.
+        self.tokens = 1.0 - wait * self.per_minute / 60.0;
         self.at = now;
     }
 }
@@ -137,7 +138,7 @@ mod tests {
         let mut b = Budget::new(10, t0);
         b.exhausted_until(t0 + Duration::from_secs(20), t0);
         assert!(matches!(b.plan(1, t0 + Duration::from_secs(19)), Plan::WaitUntil(_)));
-        assert_eq!(b.plan(1, t0 + Duration::from_secs(26)), Plan::Send(1));
+        assert_eq!(b.plan(1, t0 + Duration::from_millis(20_100)), Plan::Send(1));
     }
 
     #[test]

@@ -193,3 +193,64 @@ pub fn combinable(events: &[DeploymentEvent], cluster: &str) -> usize {
     }
     n.max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{History, WorkloadView};
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn rollout(deployment: &str, replica_sets: &str) -> Rollout {
+        let w = WorkloadView::from_deployment(&fixture::<Deployment>(deployment));
+        let done = w.finished().unwrap();
+        let rs: k8s_openapi::List<ReplicaSet> = fixture(replica_sets);
+        let history = History::from_replica_sets(&w, done.revision, &rs.items);
+        Rollout::new(&w, done, history, jiff::Timestamp::now())
+    }
+
+    #[test]
+    fn summaries_put_the_outcome_first_when_it_is_not_a_plain_success() {
+        let r = rollout("deployment-rev2-complete.json", "replicasets-rev2.json");
+        assert_eq!(
+            summary(&r, "prod-eu"),
+            "Deployment fixtures/shop rolled out ghcr.io/acme/log-shipper:3.1, ghcr.io/acme/shop-migrate:1.25, nginx:1.26 (revision 2) on prod-eu"
+        );
+        let r = rollout("deployment-rolledback.json", "replicasets-rolledback.json");
+        assert!(summary(&r, "").starts_with("Rolled back: Deployment fixtures/shop"), "{}", summary(&r, ""));
+    }
+
+    #[test]
+    fn payload_has_details_and_never_secrets() {
+        let r = rollout("deployment-rev2-complete.json", "replicasets-rev2.json");
+        let e = deployment_event(&r, "prod-eu");
+        assert_eq!(e.timestamp, r.finished_at.as_millisecond());
+        let d = &e.custom_details;
+        assert_eq!(d["revision"], "2");
+        assert_eq!(d["outcome"], "Completed");
+        assert_eq!(d["previousImages"]["web"], "nginx:1.25");
+        assert_eq!(d["images"]["web"], "nginx:1.26");
+        assert_eq!(d["changeCause"], "release 1.26");
+        assert_eq!(d["changedBy"], "kubectl-set");
+        assert_eq!(d["labels"]["app.kubernetes.io/part-of"], "webshop");
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(!text.contains("do-not-send") && !text.contains("last-applied"), "{text}");
+    }
+
+    #[test]
+    fn combined_events_name_every_rollout_within_limits() {
+        let one = deployment_event(&rollout("deployment-rev2-complete.json", "replicasets-rev2.json"), "prod-eu");
+        let many: Vec<DeploymentEvent> = (0..30).map(|_| one.clone()).collect();
+        let c = combine(&many, "prod-eu");
+        assert!(c.summary.starts_with("30 rollouts on prod-eu: "));
+        assert!(c.summary.chars().count() <= MAX_SUMMARY_CHARS);
+        assert_eq!(c.custom_details["rollouts"].as_array().unwrap().len(), 30);
+        assert_eq!(combinable(&many, "prod-eu"), 30);
+        let long = "x".repeat(5000);
+        assert_eq!(truncate(&long, MAX_SUMMARY_CHARS).chars().count(), MAX_SUMMARY_CHARS);
+    }
+}

@@ -301,3 +301,103 @@ fn template_change(entries: Option<&[ManagedFieldsEntry]>) -> (Option<String>, O
         .map(|(m, t)| (m, Some(t)))
         .unwrap_or((None, None))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Over objects captured from the real control plane (tests/fixtures, `make fixtures`).
+    use super::*;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn view(name: &str) -> WorkloadView {
+        WorkloadView::from_deployment(&fixture::<Deployment>(name))
+    }
+
+    fn replica_sets(name: &str) -> Vec<ReplicaSet> {
+        fixture::<k8s_openapi::List<ReplicaSet>>(name).items
+    }
+
+    #[test]
+    fn progress_follows_kubectl_rollout_status() {
+        let table = [
+            ("deployment-progressing.json", Progress::InProgress),
+            ("deployment-complete.json", Progress::Complete),
+            ("deployment-scaled.json", Progress::Complete),
+            ("deployment-rev2-complete.json", Progress::Complete),
+            ("deployment-rolledback.json", Progress::Complete),
+            ("deployment-paused.json", Progress::Paused),
+            ("deployment-failed.json", Progress::Failed),
+        ];
+        for (file, want) in table {
+            assert_eq!(view(file).progress(), want, "{file}");
+        }
+    }
+
+    #[test]
+    fn finished_rollouts_carry_revision_outcome_and_finish_time() {
+        let done = view("deployment-complete.json").finished().expect("complete");
+        assert_eq!((done.revision, done.outcome), (1, Outcome::Completed));
+        let d: Deployment = fixture("deployment-complete.json");
+        let progressing = d.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Progressing").unwrap();
+        assert_eq!(done.finished_at, progressing.last_update_time.map(|t| t.0));
+
+        let failed = view("deployment-failed.json").finished().expect("failed");
+        assert_eq!((failed.revision, failed.outcome), (1, Outcome::Failed));
+        assert_eq!(view("deployment-progressing.json").finished(), None);
+        assert_eq!(view("deployment-paused.json").finished(), None);
+    }
+
+    #[test]
+    fn scaling_is_not_a_rollout() {
+        let before = view("deployment-complete.json").finished().unwrap();
+        let after = view("deployment-scaled.json").finished().unwrap();
+        // Same revision, same outcome, same finish time: the same rollout, not a new one.
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn image_change_is_revision_two_with_previous_images() {
+        let w = view("deployment-rev2-complete.json");
+        let done = w.finished().unwrap();
+        assert_eq!(done.revision, 2);
+        let history = History::from_replica_sets(&w, 2, &replica_sets("replicasets-rev2.json"));
+        assert!(history.rolled_back_from.is_empty());
+        assert_eq!(history.previous_revision, Some(1));
+        assert_eq!(history.previous_images.get("web").map(String::as_str), Some("nginx:1.25"));
+        assert_eq!(w.images.get("web").map(String::as_str), Some("nginx:1.26"));
+        assert_eq!(w.images.get("init:migrate").map(String::as_str), Some("ghcr.io/acme/shop-migrate:1.25"));
+        let r = Rollout::new(&w, done, history, Timestamp::now());
+        assert_eq!(r.outcome, Outcome::Completed);
+        assert_eq!(w.template_manager.as_deref(), Some("kubectl-set"));
+        assert!(r.duration_seconds().is_some_and(|s| (0..60).contains(&s)));
+    }
+
+    #[test]
+    fn reapplying_an_old_template_is_a_rollback() {
+        let w = view("deployment-rolledback.json");
+        let done = w.finished().unwrap();
+        assert_eq!(done.revision, 3);
+        let history = History::from_replica_sets(&w, 3, &replica_sets("replicasets-rolledback.json"));
+        assert_eq!(history.rolled_back_from, vec![1]);
+        assert_eq!(history.previous_images.get("web").map(String::as_str), Some("nginx:1.26"));
+        let r = Rollout::new(&w, done, history, Timestamp::now());
+        assert_eq!(r.outcome, Outcome::RolledBack);
+    }
+
+    #[test]
+    fn the_view_keeps_no_secrets_or_last_applied_configuration() {
+        let d: Deployment = fixture("deployment-complete.json");
+        assert!(
+            d.metadata.annotations.as_ref().unwrap().contains_key("kubectl.kubernetes.io/last-applied-configuration"),
+            "the fixture should hold the annotation this test proves is dropped"
+        );
+        let w = WorkloadView::from_deployment(&d);
+        assert!(!w.annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert_eq!(w.annotations.get(CHANGE_CAUSE_ANNOTATION).map(String::as_str), Some("release 1.25"));
+        assert!(!format!("{w:?}").contains("do-not-send"));
+    }
+}
