@@ -11,11 +11,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{ListParams, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
-use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State};
+use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times};
 use crate::pacing::{Budget, Plan, backoff, retry_after};
 use crate::pipeline::{IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent};
 use crate::report::{self, DeploymentEvent};
@@ -98,12 +98,20 @@ impl Stats {
             return (false, p.reason, p.message.clone());
         }
         if self.suspended {
-            return (false, "Suspended", "spec.suspend is true: rollouts are recorded and sent once it is false".into());
+            return (
+                false,
+                "Suspended",
+                "spec.suspend is true: rollouts are recorded and sent once it is false".into(),
+            );
         }
         if let Some(p) = &self.delivery_problem {
             return (false, p.reason, p.message.clone());
         }
-        (true, "Ready", "The integration key is in place and ilert accepts events".into())
+        (
+            true,
+            "Ready",
+            "The integration key is in place and ilert accepts events".into(),
+        )
     }
 }
 
@@ -120,7 +128,10 @@ struct Outbox {
 
 impl Outbox {
     fn push(&self, item: QueuedEvent) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(item);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(item);
         self.notify.notify_one();
     }
     fn len(&self) -> usize {
@@ -164,7 +175,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Checks a pipeline's selectors and tenancy.
-fn selection(spec: &IlertPipelineSpec, namespace: &str, trusted: &[String]) -> Result<Selection, Problem> {
+fn selection(
+    spec: &IlertPipelineSpec,
+    namespace: &str,
+    trusted: &[String],
+) -> Result<Selection, Problem> {
     let namespaces = match &spec.namespace_selector {
         None => None,
         Some(_) if !trusted.iter().any(|t| t == namespace) => {
@@ -188,12 +203,16 @@ fn selection(spec: &IlertPipelineSpec, namespace: &str, trusted: &[String]) -> R
             message: format!("spec.selector is invalid: {e}"),
         })?,
     };
-    Ok(Selection { namespaces, workloads })
+    Ok(Selection {
+        namespaces,
+        workloads,
+    })
 }
 
 enum Input {
-    Workload(Event<Deployment>),
-    Pipeline(Event<IlertPipeline>),
+    /// Projected to the compact view as soon as it arrives: full Deployments never pile up.
+    Workload(Event<WorkloadView>),
+    Pipeline(Box<Event<IlertPipeline>>),
     Namespace(Event<PartialObjectMeta<Namespace>>),
 }
 
@@ -211,28 +230,59 @@ struct Brain {
 }
 
 /// Runs until a watch fails for good.
-pub async fn run(client: Client, ilert: IlertClient, cfg: Config, readiness: Readiness) -> anyhow::Result<()> {
-    let ledger = Ledger::load(client.clone(), &cfg.namespace).await.map_err(|e| {
-        anyhow::anyhow!("cannot read the delivery state (ConfigMaps) in namespace {}: {e}", cfg.namespace)
-    })?;
+pub async fn run(
+    client: Client,
+    ilert: IlertClient,
+    cfg: Config,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
+    let ledger = Ledger::load(client.clone(), &cfg.namespace)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the delivery state (ConfigMaps) in namespace {}: {e}",
+                cfg.namespace
+            )
+        })?;
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: CONTROLLER_NAME.into(), instance: Some(cfg.instance.clone()) },
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(cfg.instance.clone()),
+        },
     );
-    let shared = Arc::new(Shared { client: client.clone(), ilert, cfg: cfg.clone(), ledger, budgets: Mutex::default(), recorder });
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        ilert,
+        cfg: cfg.clone(),
+        ledger,
+        budgets: Mutex::default(),
+        recorder,
+    });
 
     let mut pipeline_cfg = watcher::Config::default();
     if let Some(sel) = &cfg.pipeline_selector {
         pipeline_cfg = pipeline_cfg.labels(sel);
     }
-    let workloads = watcher(Api::<Deployment>::all(client.clone()), watcher::Config::default().page_size(500))
+    let workloads = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().page_size(500),
+    )
+    .default_backoff()
+    .map_ok(|ev| Input::Workload(project(ev)));
+    let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg)
         .default_backoff()
-        .map_ok(Input::Workload);
-    let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg).default_backoff().map_ok(Input::Pipeline);
-    let namespaces = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .map_ok(Input::Namespace);
-    let mut inputs = stream::select(stream::select(workloads.boxed(), pipelines.boxed()), namespaces.boxed());
+        .map_ok(|ev| Input::Pipeline(Box::new(ev)));
+    let namespaces = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map_ok(Input::Namespace);
+    let mut inputs = stream::select(
+        stream::select(workloads.boxed(), pipelines.boxed()),
+        namespaces.boxed(),
+    );
 
     let mut brain = Brain {
         shared,
@@ -255,7 +305,21 @@ pub async fn run(client: Client, ilert: IlertClient, cfg: Config, readiness: Rea
     anyhow::bail!("watch streams ended")
 }
 
-fn watcher<K>(api: Api<K>, cfg: watcher::Config) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+fn project(ev: Event<Deployment>) -> Event<WorkloadView> {
+    let view = |d: Deployment| WorkloadView::from_deployment(&d);
+    match ev {
+        Event::Apply(d) => Event::Apply(view(d)),
+        Event::Delete(d) => Event::Delete(view(d)),
+        Event::Init => Event::Init,
+        Event::InitApply(d) => Event::InitApply(view(d)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
@@ -271,15 +335,19 @@ impl Brain {
         match input {
             Input::Workload(ev) => match ev {
                 Event::Init => self.init_workloads = Some(HashMap::new()),
-                Event::InitApply(d) => {
-                    let view = WorkloadView::from_deployment(&d);
+                Event::InitApply(view) => {
                     if let Some(m) = self.init_workloads.as_mut() {
                         m.insert(view.uid.clone(), view);
                     }
                 }
                 Event::InitDone => {
                     let fresh = self.init_workloads.take().unwrap_or_default();
-                    let gone: Vec<String> = self.workloads.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
+                    let gone: Vec<String> = self
+                        .workloads
+                        .keys()
+                        .filter(|k| !fresh.contains_key(*k))
+                        .cloned()
+                        .collect();
                     self.workloads = fresh;
                     for uid in gone {
                         for p in self.pipelines.values_mut() {
@@ -289,16 +357,14 @@ impl Brain {
                     self.synced[0] = true;
                     self.after_resync().await;
                 }
-                Event::Apply(d) => {
-                    let view = WorkloadView::from_deployment(&d);
+                Event::Apply(view) => {
                     let uid = view.uid.clone();
                     self.workloads.insert(uid.clone(), view);
                     if self.all_synced() {
                         self.evaluate_workload(&uid);
                     }
                 }
-                Event::Delete(d) => {
-                    let view = WorkloadView::from_deployment(&d);
+                Event::Delete(view) => {
                     let uid = view.uid.clone();
                     // Its last state may hold a finished rollout not yet seen.
                     self.workloads.insert(uid.clone(), view);
@@ -333,8 +399,12 @@ impl Brain {
                     if self.namespaces.get(&name) != Some(&labels) {
                         self.namespaces.insert(name.clone(), labels);
                         if self.all_synced() {
-                            let uids: Vec<String> =
-                                self.workloads.values().filter(|w| w.namespace == name).map(|w| w.uid.clone()).collect();
+                            let uids: Vec<String> = self
+                                .workloads
+                                .values()
+                                .filter(|w| w.namespace == name)
+                                .map(|w| w.uid.clone())
+                                .collect();
                             for uid in uids {
                                 self.evaluate_workload(&uid);
                             }
@@ -345,7 +415,7 @@ impl Brain {
                     self.namespaces.remove(&ns.name_any());
                 }
             },
-            Input::Pipeline(ev) => match ev {
+            Input::Pipeline(ev) => match *ev {
                 Event::Init => self.init_pipelines = Some(HashSet::new()),
                 Event::InitApply(p) => {
                     if let Some(s) = self.init_pipelines.as_mut() {
@@ -355,7 +425,12 @@ impl Brain {
                 }
                 Event::InitDone => {
                     let seen = self.init_pipelines.take().unwrap_or_default();
-                    let gone: Vec<String> = self.pipelines.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                    let gone: Vec<String> = self
+                        .pipelines
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
                     for uid in gone {
                         self.remove_pipeline(&uid).await;
                     }
@@ -384,7 +459,11 @@ impl Brain {
             self.evaluate_pipeline(uid);
         }
         let ledger = &self.shared.ledger;
-        for stale in ledger.pipelines().into_iter().filter(|p| !self.pipelines.contains_key(p)) {
+        for stale in ledger
+            .pipelines()
+            .into_iter()
+            .filter(|p| !self.pipelines.contains_key(p))
+        {
             info!(pipeline_uid = %stale, "removing delivery state of a pipeline that no longer exists");
             if let Err(e) = ledger.forget_pipeline(&stale).await {
                 warn!(error = %e, "could not remove delivery state of a deleted pipeline");
@@ -394,7 +473,9 @@ impl Brain {
             let alive = |w: &str| self.workloads.contains_key(w);
             match ledger.prune(uid, &alive).await {
                 Ok(0) => {}
-                Ok(n) => debug!(pipeline_uid = %uid, pruned = n, "pruned delivery state of deleted workloads"),
+                Ok(n) => {
+                    debug!(pipeline_uid = %uid, pruned = n, "pruned delivery state of deleted workloads")
+                }
                 Err(e) => warn!(error = %e, "could not prune delivery state"),
             }
         }
@@ -414,7 +495,14 @@ impl Brain {
         let namespace = p.namespace().unwrap_or_default();
         let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         if let Some(h) = self.pipelines.get_mut(&uid) {
-            h.spec_tx.send_replace(p.spec.clone());
+            // Status writes come back as watch events: wake the sender only for a real spec change.
+            h.spec_tx.send_if_modified(|spec| {
+                let changed = *spec != p.spec;
+                if changed {
+                    *spec = p.spec.clone();
+                }
+                changed
+            });
             let mut s = lock(&h.stats);
             s.generation = p.metadata.generation;
             s.suspended = p.spec.suspend;
@@ -441,7 +529,12 @@ impl Brain {
         }
         let (spec_tx, spec_rx) = watch::channel(p.spec.clone());
         let reference = p.object_ref(&());
-        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+        let created = p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
         let sender = Sender {
             shared: self.shared.clone(),
             uid: uid.clone(),
@@ -506,23 +599,30 @@ impl Brain {
         for p in pipelines {
             let before = self.pipelines.get(&p).map(|h| h.selected.len());
             self.evaluate_one(&p, workload_uid);
-            if let Some(h) = self.pipelines.get(&p) {
-                if Some(h.selected.len()) != before {
-                    let mut s = lock(&h.stats);
-                    s.selected = h.selected.len() as u64;
-                    s.dirty = true;
-                }
+            if let Some(h) = self.pipelines.get(&p)
+                && Some(h.selected.len()) != before
+            {
+                let mut s = lock(&h.stats);
+                s.selected = h.selected.len() as u64;
+                s.dirty = true;
             }
         }
     }
 
     fn evaluate_one(&mut self, pipeline_uid: &str, workload_uid: &str) {
-        let Some(w) = self.workloads.get(workload_uid) else { return };
-        let Some(h) = self.pipelines.get_mut(pipeline_uid) else { return };
+        let Some(w) = self.workloads.get(workload_uid) else {
+            return;
+        };
+        let Some(h) = self.pipelines.get_mut(pipeline_uid) else {
+            return;
+        };
         let selected = h.selection.as_ref().is_some_and(|sel| {
             let ns_ok = match &sel.namespaces {
                 None => w.namespace == h.namespace,
-                Some(ns_sel) => self.namespaces.get(&w.namespace).is_some_and(|labels| ns_sel.matches(labels)),
+                Some(ns_sel) => self
+                    .namespaces
+                    .get(&w.namespace)
+                    .is_some_and(|labels| ns_sel.matches(labels)),
             };
             ns_ok && sel.workloads.matches(&w.labels)
         }) && !w.ignored();
@@ -533,7 +633,12 @@ impl Brain {
         h.selected.insert(workload_uid.to_string());
         let Some(finished) = w.finished() else { return };
         let key = RolloutKey::new(workload_uid, &finished);
-        match self.shared.ledger.decide(pipeline_uid, &key, finished.finished_at, h.created) {
+        let times = Times {
+            finished: finished.finished_at,
+            workload_created: w.created_at,
+            pipeline_created: h.created,
+        };
+        match self.shared.ledger.decide(pipeline_uid, &key, times) {
             Decision::Report => {}
             Decision::Known | Decision::Superseded => return,
             Decision::Baseline => {
@@ -545,7 +650,12 @@ impl Brain {
         self.shared.ledger.claim(
             pipeline_uid,
             key.clone(),
-            Entry { state: State::Pending, workload: w.reference(), event: None, reported_outcome: None },
+            Entry {
+                state: State::Pending,
+                workload: w.reference(),
+                event: None,
+                reported_outcome: None,
+            },
         );
         {
             let mut s = lock(&h.stats);
@@ -568,7 +678,11 @@ impl Brain {
             };
             // Mark pending before sending: from here on a crash cannot lose it.
             let mut attempt = 0;
-            while let Err(e) = shared.ledger.persist(&pipeline_uid, &[(key.clone(), entry.clone())]).await {
+            while let Err(e) = shared
+                .ledger
+                .persist(&pipeline_uid, &[(key.clone(), entry.clone())])
+                .await
+            {
                 attempt += 1;
                 warn!(error = %e, workload = %view.reference(), "could not record a pending event; retrying");
                 tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
@@ -648,21 +762,26 @@ impl Sender {
                 Err(problem) => {
                     secret_failures += 1;
                     self.set_problem(Some(problem)).await;
-                    self.pause(backoff(secret_failures + 1, Duration::from_secs(30), jitter())).await;
+                    self.pause(backoff(
+                        secret_failures + 1,
+                        Duration::from_secs(10),
+                        jitter(),
+                    ))
+                    .await;
                     continue;
                 }
             };
-            if let Some(r) = &rejected {
-                if r.key == key && Instant::now() < r.retry_at {
-                    self.pause(r.retry_at.saturating_duration_since(Instant::now()).min(Duration::from_secs(5))).await;
-                    continue;
-                }
+            // A rejected key is read again every few seconds; a new key is tried at once.
+            if let Some(r) = &rejected
+                && r.key == key
+                && Instant::now() < r.retry_at
+            {
+                let wait = r.retry_at.saturating_duration_since(Instant::now());
+                self.pause(wait.min(Duration::from_secs(5))).await;
+                continue;
             }
             let now = Instant::now();
-            let plan = lock(&self.shared.budgets)
-                .entry(key.clone())
-                .or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute, now))
-                .plan(waiting, now);
+            let plan = self.budget(&key, |b| b.plan(waiting, now));
             let n = match plan {
                 Plan::WaitUntil(t) => {
                     tokio::time::sleep_until(t).await;
@@ -672,15 +791,19 @@ impl Sender {
             };
             let batch: Vec<(RolloutKey, Entry)> = {
                 let q = lock(&self.outbox.queue);
-                q.iter().take(n).map(|i| (i.key.clone(), i.entry.clone())).collect()
+                q.iter()
+                    .take(n)
+                    .map(|i| (i.key.clone(), i.entry.clone()))
+                    .collect()
             };
-            let events: Vec<DeploymentEvent> = batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
+            let events: Vec<DeploymentEvent> =
+                batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
             let cluster = &self.shared.cfg.cluster_name;
             let take = report::combinable(&events, cluster).min(batch.len());
             let batch = &batch[..take];
             let event = report::combine(&events[..take], cluster);
             let body = report::body(&event, key.expose());
-            lock(&self.shared.budgets).entry(key.clone()).or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute, now)).take(Instant::now());
+            self.budget(&key, |b| b.take(Instant::now()));
             match self.shared.ilert.send_deployment_event(&body, &key).await {
                 Ok(()) => {
                     failures = 0;
@@ -692,8 +815,7 @@ impl Sender {
                 Err(SendError::RateLimited { retry_after: ra }) => {
                     let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
                     info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
-                    let now = Instant::now();
-                    lock(&self.shared.budgets).entry(key.clone()).or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute, now)).exhausted_until(now + wait, now);
+                    self.budget(&key, |b| b.exhausted_until(Instant::now() + wait));
                 }
                 Err(SendError::Unavailable(msg)) => {
                     failures += 1;
@@ -702,23 +824,42 @@ impl Sender {
                     if failures >= 3 {
                         self.set_problem(Some(Problem {
                             reason: "IlertUnavailable",
-                            message: format!("{msg}; {} events wait and are retried with backoff", self.outbox.len()),
+                            message: format!(
+                                "{msg}; {} events wait and are retried with backoff",
+                                self.outbox.len()
+                            ),
                         }))
                         .await;
                     }
                     self.pause(wait).await;
                 }
                 Err(e @ SendError::KeyRejected { .. }) => {
-                    let attempts = rejected.as_ref().filter(|r| r.key == key).map_or(1, |r| r.attempts + 1);
+                    let attempts = rejected
+                        .as_ref()
+                        .filter(|r| r.key == key)
+                        .map_or(1, |r| r.attempts + 1);
                     // The same key is tried again only rarely (10 min, doubling to 1 h); a new key at once.
-                    let wait = Duration::from_secs(600).saturating_mul(1 << (attempts - 1).min(3)).min(Duration::from_secs(3600));
-                    rejected = Some(Rejected { key: key.clone(), retry_at: Instant::now() + wait, attempts });
+                    let wait = Duration::from_secs(600)
+                        .saturating_mul(1 << (attempts - 1).min(3))
+                        .min(Duration::from_secs(3600));
+                    rejected = Some(Rejected {
+                        key: key.clone(),
+                        retry_at: Instant::now() + wait,
+                        attempts,
+                    });
                     let message = format!(
                         "{e}. Put the integration key of an ilert deployment pipeline into Secret {}/{} key {}; {} events wait and go out once the key changes",
-                        self.namespace, spec.integration_key_secret_ref.name, spec.integration_key_secret_ref.key, self.outbox.len()
+                        self.namespace,
+                        spec.integration_key_secret_ref.name,
+                        spec.integration_key_secret_ref.key,
+                        self.outbox.len()
                     );
                     warn!(pipeline = %self.name(), error = %message, "integration key rejected");
-                    self.set_problem(Some(Problem { reason: "IntegrationKeyRejected", message })).await;
+                    self.set_problem(Some(Problem {
+                        reason: "IntegrationKeyRejected",
+                        message,
+                    }))
+                    .await;
                 }
                 Err(e @ SendError::EventRejected { .. }) => {
                     let names: Vec<&str> = batch.iter().map(|(_, e)| e.workload.as_str()).collect();
@@ -730,15 +871,32 @@ impl Sender {
                         s.failed += batch.len() as u64;
                         s.dirty = true;
                     }
-                    self.publish(EventType::Warning, "EventRejected", &message).await;
-                    self.set_problem(Some(Problem { reason: "EventRejected", message })).await;
+                    self.publish(EventType::Warning, "EventRejected", &message)
+                        .await;
+                    self.set_problem(Some(Problem {
+                        reason: "EventRejected",
+                        message,
+                    }))
+                    .await;
                 }
             }
         }
     }
 
+    /// The pacing budget of `key`, shared by every pipeline that uses the same key.
+    fn budget<R>(&self, key: &IntegrationKey, f: impl FnOnce(&mut Budget) -> R) -> R {
+        let mut budgets = lock(&self.shared.budgets);
+        f(budgets
+            .entry(key.clone())
+            .or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute)))
+    }
+
     fn name(&self) -> String {
-        format!("{}/{}", self.namespace, self.reference.name.as_deref().unwrap_or_default())
+        format!(
+            "{}/{}",
+            self.namespace,
+            self.reference.name.as_deref().unwrap_or_default()
+        )
     }
 
     /// Waits `d`, or less if the spec changes (a new Secret name, suspend).
@@ -773,7 +931,10 @@ impl Sender {
                 });
             }
             Err(e) => {
-                return Err(Problem { reason: "SecretUnavailable", message: format!("reading Secret {}/{} failed: {e}", self.namespace, r.name) });
+                return Err(Problem {
+                    reason: "SecretUnavailable",
+                    message: format!("reading Secret {}/{} failed: {e}", self.namespace, r.name),
+                });
             }
         };
         let value = secret
@@ -781,7 +942,13 @@ impl Sender {
             .as_ref()
             .and_then(|d| d.get(&r.key))
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&r.key)).cloned())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.key))
+                    .cloned()
+            })
             .map(IntegrationKey::new)
             .filter(|k| !k.expose().is_empty());
         value.ok_or_else(|| Problem {
@@ -797,7 +964,17 @@ impl Sender {
     async fn finish(&self, batch: &[(RolloutKey, Entry)], state: State) {
         let done: Vec<(RolloutKey, Entry)> = batch
             .iter()
-            .map(|(k, e)| (k.clone(), Entry { state, workload: e.workload.clone(), event: None, reported_outcome: e.reported_outcome }))
+            .map(|(k, e)| {
+                (
+                    k.clone(),
+                    Entry {
+                        state,
+                        workload: e.workload.clone(),
+                        event: None,
+                        reported_outcome: e.reported_outcome,
+                    },
+                )
+            })
             .collect();
         let mut attempt = 0;
         while let Err(e) = self.shared.ledger.persist(&self.uid, &done).await {
@@ -810,7 +987,9 @@ impl Sender {
     }
 
     async fn delivered(&self, batch: &[(RolloutKey, Entry)]) {
-        let Some((last_key, last)) = batch.last() else { return };
+        let Some((last_key, last)) = batch.last() else {
+            return;
+        };
         let outcome = last.reported_outcome.unwrap_or(last_key.outcome);
         {
             let mut s = lock(&self.stats);
@@ -824,9 +1003,17 @@ impl Sender {
             s.dirty = true;
         }
         let note = if batch.len() == 1 {
-            format!("Reported {} revision {} ({}) to ilert", last.workload, last_key.revision, outcome.as_str())
+            format!(
+                "Reported {} revision {} ({}) to ilert",
+                last.workload,
+                last_key.revision,
+                outcome.as_str()
+            )
         } else {
-            format!("Reported {} rollouts to ilert in one combined event", batch.len())
+            format!(
+                "Reported {} rollouts to ilert in one combined event",
+                batch.len()
+            )
         };
         info!(pipeline = %self.name(), "{note}");
         self.publish(EventType::Normal, "Delivered", &note).await;
@@ -854,12 +1041,22 @@ impl Sender {
     }
 }
 
-async fn publish(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let ev = KubeEvent {
         type_,
         reason: reason.into(),
         note: Some(report::truncate(note, 1000)),
-        action: if type_ == EventType::Normal { "Report".into() } else { "Deliver".into() },
+        action: if type_ == EventType::Normal {
+            "Report".into()
+        } else {
+            "Deliver".into()
+        },
         secondary: None,
     };
     if let Err(e) = recorder.publish(&ev, reference).await {
@@ -893,7 +1090,9 @@ impl StatusWriter {
                 s.dirty = false;
                 let (ready, reason, message) = s.ready();
                 let since = match &last_ready {
-                    Some((r, re, m, t)) if *r == ready && *re == reason && *m == message => t.clone(),
+                    Some((r, re, m, t)) if *r == ready && *re == reason && *m == message => {
+                        t.clone()
+                    }
                     Some((r, _, _, t)) if *r == ready => t.clone(),
                     _ => Time(Timestamp::now()),
                 };
@@ -919,12 +1118,22 @@ impl StatusWriter {
             if config_problem != announced_config_problem {
                 if let Some(p) = &config_problem {
                     warn!(pipeline = %format!("{}/{}", self.namespace, self.name), reason = p.reason, "{}", p.message);
-                    publish(&self.shared.recorder, &self.reference, EventType::Warning, p.reason, &p.message).await;
+                    publish(
+                        &self.shared.recorder,
+                        &self.reference,
+                        EventType::Warning,
+                        p.reason,
+                        &p.message,
+                    )
+                    .await;
                 }
                 announced_config_problem = config_problem;
             }
             let patch = json!({ "status": status });
-            match api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return,
                 Err(e) => {

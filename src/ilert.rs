@@ -19,7 +19,11 @@ impl IntegrationKey {
     }
     /// Removes the key from `text` (an error body that might echo it back).
     pub fn redact(&self, text: &str) -> String {
-        if self.0.is_empty() { text.to_string() } else { text.replace(&self.0, "[redacted]") }
+        if self.0.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.0, "[redacted]")
+        }
     }
 }
 
@@ -70,16 +74,26 @@ impl IlertClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("ilert-rollout-controller/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "ilert-rollout-controller/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()?;
         Ok(IlertClient {
             http,
-            deployment_events_url: format!("{}/api/deployment-events", api_url.trim_end_matches('/')),
+            deployment_events_url: format!(
+                "{}/api/deployment-events",
+                api_url.trim_end_matches('/')
+            ),
         })
     }
 
     /// Posts one deployment event. `body` must already hold the key (see `report::body`).
-    pub async fn send_deployment_event(&self, body: &Value, key: &IntegrationKey) -> Result<(), SendError> {
+    pub async fn send_deployment_event(
+        &self,
+        body: &Value,
+        key: &IntegrationKey,
+    ) -> Result<(), SendError> {
         let response = self
             .http
             .post(&self.deployment_events_url)
@@ -97,17 +111,29 @@ impl IlertClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = response.text().await.unwrap_or_default();
-        Err(classify(status.as_u16(), retry_after.as_deref(), &text, key))
+        Err(classify(
+            status.as_u16(),
+            retry_after.as_deref(),
+            &text,
+            key,
+        ))
     }
 }
 
 /// Maps an HTTP answer to what the controller does next (ilert's guidance: retry network errors,
 /// 5xx and 429; 400/401/403/404 are permanent).
-pub fn classify(status: u16, retry_after: Option<&str>, body: &str, key: &IntegrationKey) -> SendError {
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    key: &IntegrationKey,
+) -> SendError {
     let message = key.redact(&error_message(body));
     match status {
         429 => SendError::RateLimited {
-            retry_after: retry_after.and_then(|h| h.trim().parse().ok()).map(Duration::from_secs),
+            retry_after: retry_after
+                .and_then(|h| h.trim().parse().ok())
+                .map(Duration::from_secs),
         },
         401 | 403 | 404 => SendError::KeyRejected { status, message },
         408 | 500..=599 => SendError::Unavailable(format!("ilert answered {status}: {message}")),
@@ -126,7 +152,11 @@ fn error_message(body: &str) -> String {
         })
     });
     let text = from_json.unwrap_or_else(|| body.trim().to_string());
-    let text = if text.is_empty() { "no details given".to_string() } else { text };
+    let text = if text.is_empty() {
+        "no details given".to_string()
+    } else {
+        text
+    };
     crate::report::truncate(&text, 200)
 }
 
@@ -169,11 +199,22 @@ mod tests {
         }
         assert_eq!(
             classify(429, Some("17"), "", &key),
-            SendError::RateLimited { retry_after: Some(Duration::from_secs(17)) }
+            SendError::RateLimited {
+                retry_after: Some(Duration::from_secs(17))
+            }
         );
-        assert!(matches!(classify(503, None, "", &key), SendError::Unavailable(_)));
-        assert!(matches!(classify(400, None, "bad", &key), SendError::EventRejected { status: 400, .. }));
-        assert!(matches!(classify(404, None, "", &key), SendError::KeyRejected { status: 404, .. }));
+        assert!(matches!(
+            classify(503, None, "", &key),
+            SendError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(400, None, "bad", &key),
+            SendError::EventRejected { status: 400, .. }
+        ));
+        assert!(matches!(
+            classify(404, None, "", &key),
+            SendError::KeyRejected { status: 404, .. }
+        ));
         assert_eq!(format!("{key:?}"), "IntegrationKey([redacted])");
     }
 }

@@ -57,11 +57,20 @@ pub struct RolloutKey {
 
 impl RolloutKey {
     pub fn new(workload_uid: &str, finished: &Finished) -> Self {
-        RolloutKey { workload_uid: workload_uid.to_string(), revision: finished.revision, outcome: finished.outcome }
+        RolloutKey {
+            workload_uid: workload_uid.to_string(),
+            revision: finished.revision,
+            outcome: finished.outcome,
+        }
     }
 
     fn data_key(&self) -> String {
-        format!("{}.{}.{}", self.workload_uid, self.revision, self.outcome.as_str())
+        format!(
+            "{}.{}.{}",
+            self.workload_uid,
+            self.revision,
+            self.outcome.as_str()
+        )
     }
 
     fn parse(key: &str) -> Option<Self> {
@@ -73,11 +82,20 @@ impl RolloutKey {
             _ => return None,
         };
         let revision = parts.next()?.parse().ok()?;
-        Some(RolloutKey { workload_uid: parts.next()?.to_string(), revision, outcome })
+        Some(RolloutKey {
+            workload_uid: parts.next()?.to_string(),
+            revision,
+            outcome,
+        })
     }
 
     fn shard(&self) -> char {
-        self.workload_uid.chars().next().filter(char::is_ascii_hexdigit).unwrap_or('0').to_ascii_lowercase()
+        self.workload_uid
+            .chars()
+            .next()
+            .filter(char::is_ascii_hexdigit)
+            .unwrap_or('0')
+            .to_ascii_lowercase()
     }
 }
 
@@ -93,15 +111,29 @@ pub enum Decision {
     Baseline,
 }
 
+/// When a rollout finished, and when its workload and the pipeline were created (API server
+/// timestamps, whole seconds).
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    pub finished: Option<Timestamp>,
+    pub workload_created: Option<Timestamp>,
+    pub pipeline_created: Timestamp,
+}
+
 /// Pure: what to do with `key` given what the pipeline already knows of that workload.
+/// First sight: a workload older than the pipeline whose rollout finished by the time the
+/// pipeline was created is the baseline. A workload created since is always reported (timestamps
+/// have whole seconds: in doubt, report rather than lose).
 pub fn decide<'a>(
     known: impl IntoIterator<Item = &'a RolloutKey>,
     key: &RolloutKey,
-    finished_at: Option<Timestamp>,
-    pipeline_created: Timestamp,
+    times: Times,
 ) -> Decision {
     let mut any = false;
-    for k in known.into_iter().filter(|k| k.workload_uid == key.workload_uid) {
+    for k in known
+        .into_iter()
+        .filter(|k| k.workload_uid == key.workload_uid)
+    {
         any = true;
         if k == key {
             return Decision::Known;
@@ -110,10 +142,14 @@ pub fn decide<'a>(
             return Decision::Superseded;
         }
     }
-    match finished_at {
-        // Nothing known of the workload and it finished before the pipeline was created.
-        Some(t) if !any && t < pipeline_created => Decision::Baseline,
-        _ => Decision::Report,
+    let older_workload = times
+        .workload_created
+        .is_some_and(|c| c < times.pipeline_created);
+    let finished_before = times.finished.is_some_and(|f| f <= times.pipeline_created);
+    if !any && older_workload && finished_before {
+        Decision::Baseline
+    } else {
+        Decision::Report
     }
 }
 
@@ -127,20 +163,33 @@ impl Ledger {
     /// Loads every ledger ConfigMap of `namespace`.
     pub async fn load(client: Client, namespace: &str) -> Result<Self, kube::Error> {
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-        let lp = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"));
+        let lp = ListParams::default().labels(&format!(
+            "app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"
+        ));
         let mut entries: HashMap<String, BTreeMap<RolloutKey, Entry>> = HashMap::new();
         for cm in api.list(&lp).await? {
-            let Some(pipeline) = cm.metadata.labels.as_ref().and_then(|l| l.get(PIPELINE_UID_LABEL)).cloned() else {
+            let Some(pipeline) = cm
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(PIPELINE_UID_LABEL))
+                .cloned()
+            else {
                 continue;
             };
             let map = entries.entry(pipeline).or_default();
             for (k, v) in cm.data.into_iter().flatten() {
-                if let (Some(key), Ok(entry)) = (RolloutKey::parse(&k), serde_json::from_str::<Entry>(&v)) {
+                if let (Some(key), Ok(entry)) =
+                    (RolloutKey::parse(&k), serde_json::from_str::<Entry>(&v))
+                {
                     map.insert(key, entry);
                 }
             }
         }
-        Ok(Ledger { api, entries: Mutex::new(entries) })
+        Ok(Ledger {
+            api,
+            entries: Mutex::new(entries),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<RolloutKey, Entry>>> {
@@ -156,25 +205,37 @@ impl Ledger {
     pub fn pending(&self, pipeline: &str) -> Vec<(RolloutKey, Entry)> {
         self.lock()
             .get(pipeline)
-            .map(|m| m.iter().filter(|(_, e)| e.state == State::Pending).map(|(k, e)| (k.clone(), e.clone())).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, e)| e.state == State::Pending)
+                    .map(|(k, e)| (k.clone(), e.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    pub fn decide(&self, pipeline: &str, key: &RolloutKey, finished_at: Option<Timestamp>, created: Timestamp) -> Decision {
+    pub fn decide(&self, pipeline: &str, key: &RolloutKey, times: Times) -> Decision {
         let guard = self.lock();
         let known = guard.get(pipeline).into_iter().flat_map(|m| {
             m.range(
-                RolloutKey { workload_uid: key.workload_uid.clone(), revision: 0, outcome: Outcome::Completed }..,
+                RolloutKey {
+                    workload_uid: key.workload_uid.clone(),
+                    revision: 0,
+                    outcome: Outcome::Completed,
+                }..,
             )
             .take_while(|(k, _)| k.workload_uid == key.workload_uid)
             .map(|(k, _)| k)
         });
-        decide(known, key, finished_at, created)
+        decide(known, key, times)
     }
 
     /// Claims `key` in memory (so it is not enqueued twice); persisted by [`Ledger::persist`].
     pub fn claim(&self, pipeline: &str, key: RolloutKey, entry: Entry) {
-        self.lock().entry(pipeline.to_string()).or_default().insert(key, entry);
+        self.lock()
+            .entry(pipeline.to_string())
+            .or_default()
+            .insert(key, entry);
     }
 
     /// Forgets an in-memory claim that never got persisted (the event could not be built).
@@ -186,8 +247,13 @@ impl Ledger {
 
     /// Writes `entries` (all of one pipeline) and, for sent ones, drops older entries of the same
     /// workload. One patch per touched shard.
-    pub async fn persist(&self, pipeline: &str, entries: &[(RolloutKey, Entry)]) -> Result<(), kube::Error> {
-        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+    pub async fn persist(
+        &self,
+        pipeline: &str,
+        entries: &[(RolloutKey, Entry)],
+    ) -> Result<(), kube::Error> {
+        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> =
+            BTreeMap::new();
         {
             let mut guard = self.lock();
             let map = guard.entry(pipeline.to_string()).or_default();
@@ -206,7 +272,10 @@ impl Ledger {
                     }
                 }
                 map.insert(key.clone(), entry.clone());
-                shard.insert(key.data_key(), json!(serde_json::to_string(entry).unwrap_or_default()));
+                shard.insert(
+                    key.data_key(),
+                    json!(serde_json::to_string(entry).unwrap_or_default()),
+                );
             }
         }
         for (shard, data) in shards {
@@ -216,15 +285,25 @@ impl Ledger {
     }
 
     /// Drops sent and failed entries of workloads that no longer exist.
-    pub async fn prune(&self, pipeline: &str, alive: &dyn Fn(&str) -> bool) -> Result<usize, kube::Error> {
-        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+    pub async fn prune(
+        &self,
+        pipeline: &str,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Result<usize, kube::Error> {
+        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> =
+            BTreeMap::new();
         {
             let mut guard = self.lock();
-            let Some(map) = guard.get_mut(pipeline) else { return Ok(0) };
+            let Some(map) = guard.get_mut(pipeline) else {
+                return Ok(0);
+            };
             map.retain(|k, e| {
                 let keep = e.state == State::Pending || alive(&k.workload_uid);
                 if !keep {
-                    shards.entry(k.shard()).or_default().insert(k.data_key(), serde_json::Value::Null);
+                    shards
+                        .entry(k.shard())
+                        .or_default()
+                        .insert(k.data_key(), serde_json::Value::Null);
                 }
                 keep
             });
@@ -252,10 +331,19 @@ impl Ledger {
         Ok(())
     }
 
-    async fn patch_shard(&self, pipeline: &str, shard: char, data: serde_json::Map<String, serde_json::Value>) -> Result<(), kube::Error> {
+    async fn patch_shard(
+        &self,
+        pipeline: &str,
+        shard: char,
+        data: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), kube::Error> {
         let name = format!("{NAME_PREFIX}{pipeline}-{shard}");
         let patch = json!({ "data": data });
-        match self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match self
+            .api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 let values: BTreeMap<String, String> = data
@@ -266,7 +354,10 @@ impl Ledger {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
                         labels: Some(BTreeMap::from([
-                            ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+                            (
+                                "app.kubernetes.io/managed-by".to_string(),
+                                MANAGED_BY.to_string(),
+                            ),
                             (PIPELINE_UID_LABEL.to_string(), pipeline.to_string()),
                         ])),
                         ..Default::default()
@@ -277,9 +368,11 @@ impl Ledger {
                 match self.api.create(&PostParams::default(), &cm).await {
                     Ok(_) => Ok(()),
                     // Created meanwhile by another write: patch again.
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        self.api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
-                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => self
+                        .api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(|_| ()),
                     Err(e) => Err(e),
                 }
             }
@@ -293,7 +386,11 @@ mod tests {
     use super::*;
 
     fn key(uid: &str, revision: u64, outcome: Outcome) -> RolloutKey {
-        RolloutKey { workload_uid: uid.into(), revision, outcome }
+        RolloutKey {
+            workload_uid: uid.into(),
+            revision,
+            outcome,
+        }
     }
 
     #[test]
@@ -308,17 +405,33 @@ mod tests {
         let created: Timestamp = "2026-11-26T10:00:00Z".parse().unwrap();
         let before: Timestamp = "2026-11-26T09:00:00Z".parse().unwrap();
         let after: Timestamp = "2026-11-26T11:00:00Z".parse().unwrap();
+        let old = |finished| Times {
+            finished: Some(finished),
+            workload_created: Some(before),
+            pipeline_created: created,
+        };
+        let new = |finished| Times {
+            finished: Some(finished),
+            workload_created: Some(created),
+            pipeline_created: created,
+        };
         let r1 = key("a", 1, Outcome::Completed);
         let r2 = key("a", 2, Outcome::Completed);
         let f2 = key("a", 2, Outcome::Failed);
-        assert_eq!(decide([], &r1, Some(before), created), Decision::Baseline);
-        assert_eq!(decide([], &r1, Some(after), created), Decision::Report);
-        assert_eq!(decide([&r1], &r1, Some(after), created), Decision::Known);
-        assert_eq!(decide([&r1], &r2, Some(after), created), Decision::Report);
+        assert_eq!(decide([], &r1, old(before)), Decision::Baseline);
+        assert_eq!(decide([], &r1, old(created)), Decision::Baseline);
+        assert_eq!(decide([], &r1, old(after)), Decision::Report);
+        // A workload created with (or after) the pipeline is new: reported even within the same second.
+        assert_eq!(decide([], &r1, new(created)), Decision::Report);
+        assert_eq!(decide([&r1], &r1, old(after)), Decision::Known);
+        assert_eq!(decide([&r1], &r2, old(after)), Decision::Report);
         // Known workload: a later rollout is reported even if its finish time looks early.
-        assert_eq!(decide([&r1], &r2, Some(before), created), Decision::Report);
-        assert_eq!(decide([&r2], &r1, Some(after), created), Decision::Superseded);
-        assert_eq!(decide([&f2], &r2, Some(after), created), Decision::Report);
-        assert_eq!(decide([&key("b", 9, Outcome::Completed)], &r1, Some(before), created), Decision::Baseline);
+        assert_eq!(decide([&r1], &r2, old(before)), Decision::Report);
+        assert_eq!(decide([&r2], &r1, old(after)), Decision::Superseded);
+        assert_eq!(decide([&f2], &r2, old(after)), Decision::Report);
+        assert_eq!(
+            decide([&key("b", 9, Outcome::Completed)], &r1, old(before)),
+            Decision::Baseline
+        );
     }
 }

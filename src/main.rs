@@ -10,7 +10,11 @@ use kube::{Api, Client};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
-#[command(name = "ilert-rollout-controller", version, about = "Reports every finished Kubernetes rollout to ilert as a deployment event")]
+#[command(
+    name = "ilert-rollout-controller",
+    version,
+    about = "Reports every finished Kubernetes rollout to ilert as a deployment event"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -66,9 +70,12 @@ enum LogFormat {
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn,reqwest=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn,reqwest=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -108,13 +115,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let trusted: Vec<String> = if args.trusted_namespaces.iter().all(|t| t.trim().is_empty()) {
         vec![namespace.clone()]
     } else {
-        args.trusted_namespaces.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+        args.trusted_namespaces
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
     };
     let client = Client::try_default()
         .await
         .context("no Kubernetes API found: run in a cluster, or set KUBECONFIG")?;
     check_crd(&client).await?;
-    let ilert = IlertClient::new(&args.api_url, Duration::from_secs(args.ilert_timeout_seconds.max(1)))?;
+    let ilert = IlertClient::new(
+        &args.api_url,
+        Duration::from_secs(args.ilert_timeout_seconds.max(1)),
+    )?;
     let cfg = Config {
         namespace: namespace.clone(),
         trusted_namespaces: trusted.clone(),
@@ -122,7 +136,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rate_limit_per_minute: args.rate_limit_per_minute,
         pipeline_selector: args.pipeline_selector.clone(),
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
-        instance: std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
+        instance: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
     };
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -159,13 +174,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -1,16 +1,18 @@
 //! Pure pacing decisions: a token bucket per integration key, when to combine waiting events, and
 //! how long to back off after a failure. Time is passed in, so every decision is testable.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A token bucket holding at most one minute's budget, refilled continuously.
+/// A sliding one-minute window per integration key: at most `per_minute` requests in any 60 s,
+/// which is what ilert enforces (a token bucket would allow twice that across a minute).
 #[derive(Clone, Debug)]
 pub struct Budget {
-    per_minute: f64,
-    tokens: f64,
-    at: Instant,
+    per_minute: usize,
+    sent: VecDeque<Instant>,
+    blocked_until: Option<Instant>,
 }
 
 /// What to send next.
@@ -18,52 +20,73 @@ pub struct Budget {
 pub enum Plan {
     /// Nothing may go out before this moment.
     WaitUntil(Instant),
-    /// Send this many waiting events as one request: 1 when the budget covers every waiting event
-    /// one by one, all of them (up to the size cap) when it does not.
+    /// Send this many waiting events as one request: 1 when the budget left covers every waiting
+    /// event one by one, all of them (up to the size cap) when it does not.
     Send(usize),
 }
 
+const WINDOW: Duration = Duration::from_secs(60);
+
 impl Budget {
-    pub fn new(per_minute: u32, now: Instant) -> Self {
-        let per_minute = f64::from(per_minute.max(1));
-        Budget { per_minute, tokens: per_minute, at: now }
+    pub fn new(per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1) as usize;
+        Budget {
+            per_minute,
+            sent: VecDeque::with_capacity(per_minute),
+            blocked_until: None,
+        }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_minute / 60.0).min(self.per_minute);
-        self.at = now;
+    fn forget_old(&mut self, now: Instant) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
+        {
+            self.sent.pop_front();
+        }
     }
 
     /// Decides what to do with `waiting` events (> 0) now.
     pub fn plan(&mut self, waiting: usize, now: Instant) -> Plan {
-        self.refill(now);
-        if self.tokens < 1.0 {
-            let missing = 1.0 - self.tokens;
-            return Plan::WaitUntil(now + Duration::from_secs_f64(missing * 60.0 / self.per_minute));
+        if let Some(until) = self.blocked_until {
+            if now < until {
+                return Plan::WaitUntil(until);
+            }
+            self.blocked_until = None;
         }
-        if (waiting as f64) <= self.tokens.floor() {
-            Plan::Send(1)
-        } else {
-            // More wait than the budget allows: one event that names them all, rather than falling
-            // minutes behind.
-            Plan::Send(waiting)
+        self.forget_old(now);
+        let left = self.per_minute.saturating_sub(self.sent.len());
+        if let (0, Some(oldest)) = (left, self.sent.front()) {
+            return Plan::WaitUntil(*oldest + WINDOW);
+        }
+        if left > self.per_minute / 2 {
+            // The first half of the budget serves single events at once; when more wait than it
+            // covers, one event names them all rather than falling minutes behind.
+            return if waiting > left {
+                Plan::Send(waiting)
+            } else {
+                Plan::Send(1)
+            };
+        }
+        // The second half is spread over the minute (one request every 60 s / budget), each
+        // combining whatever waits: a long burst is reported every few seconds, never a minute late.
+        let spacing = WINDOW / self.per_minute as u32;
+        match self.sent.back() {
+            Some(last) if now < *last + spacing => Plan::WaitUntil(*last + spacing),
+            _ => Plan::Send(waiting),
         }
     }
 
-    /// Takes one token for a request that is about to go out.
+    /// Records a request that is about to go out.
     pub fn take(&mut self, now: Instant) {
-        self.refill(now);
-        self.tokens -= 1.0;
+        self.forget_old(now);
+        self.sent.push_back(now);
     }
 
     /// ilert said 429: its window is used up whatever we counted, so nothing goes before `until`.
-    pub fn exhausted_until(&mut self, until: Instant, now: Instant) {
-        self.refill(now);
-        let wait = until.saturating_duration_since(now).as_secs_f64();
-        // One token comes due exactly at `until`.
-        self.tokens = 1.0 - wait * self.per_minute / 60.0;
-        self.at = now;
+    pub fn exhausted_until(&mut self, until: Instant) {
+        self.blocked_until = Some(until);
     }
 }
 
@@ -92,53 +115,89 @@ mod tests {
     #[test]
     fn a_burst_goes_one_by_one_while_the_budget_lasts_then_combines() {
         let t0 = Instant::now();
-        let mut b = Budget::new(10, t0);
-        // 4 waiting, 10 tokens: one at a time.
+        let mut b = Budget::new(10);
+        // 4 waiting, 10 left: one at a time.
         assert_eq!(b.plan(4, t0), Plan::Send(1));
-        for _ in 0..8 {
+        // 8 left, 9 waiting: combine all 9.
+        b.take(t0);
+        b.take(t0);
+        assert_eq!(b.plan(9, t0), Plan::Send(9));
+        for _ in 0..3 {
             b.take(t0);
         }
-        // 2 tokens left, 5 waiting: combine all 5.
-        assert_eq!(b.plan(5, t0), Plan::Send(5));
-        b.take(t0);
-        b.take(t0);
-        // Empty: the next token comes after 6 s.
+        // Half spent: the rest is spread, one request every 6 s, combining what waits.
         assert_eq!(b.plan(1, t0), Plan::WaitUntil(t0 + Duration::from_secs(6)));
-        assert_eq!(b.plan(1, t0 + Duration::from_secs(6)), Plan::Send(1));
+        assert_eq!(b.plan(3, t0 + Duration::from_secs(6)), Plan::Send(3));
+        for i in 0..5 {
+            b.take(t0 + Duration::from_secs(6 * (i + 1)));
+        }
+        // Spent: the next request may go when the first leaves the window.
+        assert_eq!(
+            b.plan(1, t0 + Duration::from_secs(31)),
+            Plan::WaitUntil(t0 + Duration::from_secs(60))
+        );
+        assert_eq!(b.plan(2, t0 + Duration::from_secs(60)), Plan::Send(2));
     }
 
     #[test]
     fn never_more_than_the_budget_in_any_minute() {
         let t0 = Instant::now();
-        let mut b = Budget::new(10, t0);
+        let mut b = Budget::new(10);
         let mut sent = Vec::new();
         let mut now = t0;
-        // 30 events arrive at once; loop like the sender does.
-        let mut waiting = 30usize;
-        while waiting > 0 {
+        // 30 events arrive one every 200 ms; loop like the sender does.
+        let mut arrived = 0usize;
+        let mut waiting = 0usize;
+        let mut done = 0usize;
+        while done < 30 {
+            while arrived < 30 && t0 + Duration::from_millis(200 * arrived as u64) <= now {
+                arrived += 1;
+                waiting += 1;
+            }
+            if waiting == 0 {
+                now += Duration::from_millis(50);
+                continue;
+            }
             match b.plan(waiting, now) {
                 Plan::WaitUntil(t) => now = t,
                 Plan::Send(n) => {
                     b.take(now);
                     sent.push(now);
                     waiting -= n;
+                    done += n;
+                    now += Duration::from_millis(20);
                 }
             }
         }
         for (i, t) in sent.iter().enumerate() {
-            let in_window = sent[i..].iter().filter(|u| u.duration_since(*t) < Duration::from_secs(60)).count();
+            let in_window = sent[i..]
+                .iter()
+                .filter(|u| u.duration_since(*t) < WINDOW)
+                .count();
             assert!(in_window <= 10, "{in_window} requests within a minute");
         }
-        assert!(sent.len() <= 10, "the 30 events took {} requests", sent.len());
+        assert!(
+            sent.len() <= 10,
+            "the 30 events took {} requests",
+            sent.len()
+        );
+        assert!(
+            now - t0 < Duration::from_secs(15),
+            "all 30 out within seconds, took {:?}",
+            now - t0
+        );
     }
 
     #[test]
     fn after_429_nothing_goes_before_retry_after() {
         let t0 = Instant::now();
-        let mut b = Budget::new(10, t0);
-        b.exhausted_until(t0 + Duration::from_secs(20), t0);
-        assert!(matches!(b.plan(1, t0 + Duration::from_secs(19)), Plan::WaitUntil(_)));
-        assert_eq!(b.plan(1, t0 + Duration::from_millis(20_100)), Plan::Send(1));
+        let mut b = Budget::new(10);
+        b.exhausted_until(t0 + Duration::from_secs(20));
+        assert_eq!(
+            b.plan(1, t0 + Duration::from_secs(19)),
+            Plan::WaitUntil(t0 + Duration::from_secs(20))
+        );
+        assert_eq!(b.plan(1, t0 + Duration::from_secs(20)), Plan::Send(1));
     }
 
     #[test]

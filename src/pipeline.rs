@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SECRET_KEY: &str = "integrationKey";
 
 /// Reports every finished rollout of the selected workloads to one ilert deployment pipeline.
+// Each printcolumn repeats the same keys, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "ilert.com",
@@ -19,13 +21,47 @@ pub const DEFAULT_SECRET_KEY: &str = "integrationKey";
     category = "ilert",
     status = "IlertPipelineStatus",
     doc = "IlertPipeline reports every finished rollout of the selected workloads to one ilert deployment pipeline as a deployment event.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the pipeline can deliver events"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why the pipeline is or is not ready"),
-    printcolumn(name = "Workloads", type_ = "integer", json_path = ".status.selectedWorkloads", description = "Workloads the pipeline selects"),
-    printcolumn(name = "Sent", type_ = "integer", json_path = ".status.eventsSent", description = "Events ilert accepted"),
-    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.pendingEvents", description = "Events waiting to be sent"),
-    printcolumn(name = "Last Event", type_ = "date", json_path = ".status.lastEvent.sentAt", description = "When ilert last accepted an event"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the pipeline can deliver events"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the pipeline is or is not ready"
+    ),
+    printcolumn(
+        name = "Workloads",
+        type_ = "integer",
+        json_path = ".status.selectedWorkloads",
+        description = "Workloads the pipeline selects"
+    ),
+    printcolumn(
+        name = "Sent",
+        type_ = "integer",
+        json_path = ".status.eventsSent",
+        description = "Events ilert accepted"
+    ),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.pendingEvents",
+        description = "Events waiting to be sent"
+    ),
+    printcolumn(
+        name = "Last Event",
+        type_ = "date",
+        json_path = ".status.lastEvent.sentAt",
+        description = "When ilert last accepted an event"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IlertPipelineSpec {
@@ -52,7 +88,10 @@ pub struct IlertPipelineSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the pipeline's namespace.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Key in the Secret's data whose value is the integration key.

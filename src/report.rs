@@ -41,11 +41,17 @@ pub fn summary(rollout: &Rollout, cluster: &str) -> String {
     let w = &rollout.workload;
     let what = format!("{} {}/{}", w.kind, w.namespace, w.name);
     let images = images_line(&rollout.workload.images);
-    let on = if cluster.is_empty() { String::new() } else { format!(" on {cluster}") };
+    let on = if cluster.is_empty() {
+        String::new()
+    } else {
+        format!(" on {cluster}")
+    };
     let rev = rollout.revision;
     let line = match rollout.outcome {
         Outcome::Completed => format!("{what} rolled out {images} (revision {rev}){on}"),
-        Outcome::Failed => format!("Rollout failed: {what} did not roll out {images} (revision {rev}){on}"),
+        Outcome::Failed => {
+            format!("Rollout failed: {what} did not roll out {images} (revision {rev}){on}")
+        }
         Outcome::RolledBack => {
             format!("Rolled back: {what} returned to {images} (revision {rev}){on}")
         }
@@ -99,13 +105,21 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
     d.insert("outcome".into(), json!(rollout.outcome.as_str()));
     d.insert("images".into(), json!(w.images));
     if !rollout.history.previous_images.is_empty() {
-        d.insert("previousImages".into(), json!(rollout.history.previous_images));
+        d.insert(
+            "previousImages".into(),
+            json!(rollout.history.previous_images),
+        );
     }
     if let Some(prev) = rollout.history.previous_revision {
         d.insert("previousRevision".into(), json!(prev.to_string()));
     }
     if !rollout.history.rolled_back_from.is_empty() {
-        let revs: Vec<String> = rollout.history.rolled_back_from.iter().map(u64::to_string).collect();
+        let revs: Vec<String> = rollout
+            .history
+            .rolled_back_from
+            .iter()
+            .map(u64::to_string)
+            .collect();
         d.insert("rolledBackToRevisionsOf".into(), json!(revs));
     }
     d.insert(
@@ -122,8 +136,11 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
     if let Some(manager) = &w.template_manager {
         d.insert("changedBy".into(), json!(manager));
     }
-    let app_labels: BTreeMap<&String, &String> =
-        w.labels.iter().filter(|(k, _)| k.starts_with("app.kubernetes.io/")).collect();
+    let app_labels: BTreeMap<&String, &String> = w
+        .labels
+        .iter()
+        .filter(|(k, _)| k.starts_with("app.kubernetes.io/"))
+        .collect();
     if !app_labels.is_empty() {
         d.insert("labels".into(), json!(app_labels));
     }
@@ -137,17 +154,30 @@ pub fn combine(events: &[DeploymentEvent], cluster: &str) -> DeploymentEvent {
     if events.len() == 1 {
         return events[0].clone();
     }
-    let on = if cluster.is_empty() { String::new() } else { format!(" on {cluster}") };
+    let on = if cluster.is_empty() {
+        String::new()
+    } else {
+        format!(" on {cluster}")
+    };
     let failures = events
         .iter()
-        .filter(|e| e.custom_details.get("outcome").and_then(Value::as_str) != Some(Outcome::Completed.as_str()))
+        .filter(|e| {
+            e.custom_details.get("outcome").and_then(Value::as_str)
+                != Some(Outcome::Completed.as_str())
+        })
         .count();
     let head = if failures > 0 {
-        format!("{} rollouts{on} ({failures} failed or rolled back): ", events.len())
+        format!(
+            "{} rollouts{on} ({failures} failed or rolled back): ",
+            events.len()
+        )
     } else {
         format!("{} rollouts{on}: ", events.len())
     };
-    let body: Vec<String> = events.iter().map(|e| strip_cluster(&e.summary, &on)).collect();
+    let body: Vec<String> = events
+        .iter()
+        .map(|e| strip_cluster(&e.summary, &on))
+        .collect();
     let mut custom = Map::new();
     if !cluster.is_empty() {
         custom.insert("cluster".into(), json!(cluster));
@@ -155,7 +185,12 @@ pub fn combine(events: &[DeploymentEvent], cluster: &str) -> DeploymentEvent {
     custom.insert("combined".into(), json!(events.len()));
     custom.insert(
         "rollouts".into(),
-        Value::Array(events.iter().map(|e| Value::Object(e.custom_details.clone())).collect()),
+        Value::Array(
+            events
+                .iter()
+                .map(|e| Value::Object(e.custom_details.clone()))
+                .collect(),
+        ),
     );
     DeploymentEvent {
         summary: truncate(&(head + &body.join("; ")), MAX_SUMMARY_CHARS),
@@ -168,10 +203,10 @@ pub fn combine(events: &[DeploymentEvent], cluster: &str) -> DeploymentEvent {
 }
 
 fn strip_cluster(summary: &str, on: &str) -> String {
-    if !on.is_empty() {
-        if let Some(s) = summary.strip_suffix(on) {
-            return s.to_string();
-        }
+    if !on.is_empty()
+        && let Some(s) = summary.strip_suffix(on)
+    {
+        return s.to_string();
     }
     summary.to_string()
 }
@@ -188,7 +223,10 @@ pub fn body(event: &DeploymentEvent, integration_key: &str) -> Value {
 /// How many of `events` fit into one combined event within ilert's size limit.
 pub fn combinable(events: &[DeploymentEvent], cluster: &str) -> usize {
     let mut n = events.len().min(MAX_COMBINED);
-    while n > 1 && serde_json::to_vec(&combine(&events[..n], cluster)).map_or(0, |b| b.len()) > MAX_EVENT_BYTES - 1024 {
+    while n > 1
+        && serde_json::to_vec(&combine(&events[..n], cluster)).map_or(0, |b| b.len())
+            > MAX_EVENT_BYTES - 1024
+    {
         n /= 2;
     }
     n.max(1)
@@ -221,7 +259,11 @@ mod tests {
             "Deployment fixtures/shop rolled out ghcr.io/acme/log-shipper:3.1, ghcr.io/acme/shop-migrate:1.25, nginx:1.26 (revision 2) on prod-eu"
         );
         let r = rollout("deployment-rolledback.json", "replicasets-rolledback.json");
-        assert!(summary(&r, "").starts_with("Rolled back: Deployment fixtures/shop"), "{}", summary(&r, ""));
+        assert!(
+            summary(&r, "").starts_with("Rolled back: Deployment fixtures/shop"),
+            "{}",
+            summary(&r, "")
+        );
     }
 
     #[test]
@@ -238,12 +280,18 @@ mod tests {
         assert_eq!(d["changedBy"], "kubectl-set");
         assert_eq!(d["labels"]["app.kubernetes.io/part-of"], "webshop");
         let text = serde_json::to_string(&e).unwrap();
-        assert!(!text.contains("do-not-send") && !text.contains("last-applied"), "{text}");
+        assert!(
+            !text.contains("do-not-send") && !text.contains("last-applied"),
+            "{text}"
+        );
     }
 
     #[test]
     fn combined_events_name_every_rollout_within_limits() {
-        let one = deployment_event(&rollout("deployment-rev2-complete.json", "replicasets-rev2.json"), "prod-eu");
+        let one = deployment_event(
+            &rollout("deployment-rev2-complete.json", "replicasets-rev2.json"),
+            "prod-eu",
+        );
         let many: Vec<DeploymentEvent> = (0..30).map(|_| one.clone()).collect();
         let c = combine(&many, "prod-eu");
         assert!(c.summary.starts_with("30 rollouts on prod-eu: "));
@@ -251,6 +299,9 @@ mod tests {
         assert_eq!(c.custom_details["rollouts"].as_array().unwrap().len(), 30);
         assert_eq!(combinable(&many, "prod-eu"), 30);
         let long = "x".repeat(5000);
-        assert_eq!(truncate(&long, MAX_SUMMARY_CHARS).chars().count(), MAX_SUMMARY_CHARS);
+        assert_eq!(
+            truncate(&long, MAX_SUMMARY_CHARS).chars().count(),
+            MAX_SUMMARY_CHARS
+        );
     }
 }

@@ -89,7 +89,8 @@ impl WorkloadView {
         let progressing = status
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
-        let (template_manager, template_changed_at) = template_change(meta.managed_fields.as_deref());
+        let (template_manager, template_changed_at) =
+            template_change(meta.managed_fields.as_deref());
         WorkloadView {
             kind: "Deployment",
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -100,7 +101,9 @@ impl WorkloadView {
                 .annotations
                 .iter()
                 .flatten()
-                .filter(|(k, _)| KEPT_ANNOTATIONS.contains(&k.as_str()) || k.starts_with(KEPT_ANNOTATION_PREFIX))
+                .filter(|(k, _)| {
+                    KEPT_ANNOTATIONS.contains(&k.as_str()) || k.starts_with(KEPT_ANNOTATION_PREFIX)
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             generation: meta.generation.unwrap_or(0),
@@ -113,7 +116,11 @@ impl WorkloadView {
             ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
             progressing_reason: progressing.and_then(|c| c.reason.clone()),
             progressing_updated: progressing
-                .and_then(|c| c.last_update_time.as_ref().or(c.last_transition_time.as_ref()))
+                .and_then(|c| {
+                    c.last_update_time
+                        .as_ref()
+                        .or(c.last_transition_time.as_ref())
+                })
                 .map(|t| t.0),
             images: spec.map(|s| images(&s.template)).unwrap_or_default(),
             template_manager,
@@ -135,7 +142,9 @@ impl WorkloadView {
     }
 
     pub fn ignored(&self) -> bool {
-        self.annotations.get(IGNORE_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.annotations
+            .get(IGNORE_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
     /// The rule of `kubectl rollout status`, plus: a paused Deployment is never complete.
@@ -199,7 +208,11 @@ pub struct History {
 
 impl History {
     /// Reads the history of `workload` at `revision` from its ReplicaSets (those it owns).
-    pub fn from_replica_sets(workload: &WorkloadView, revision: u64, replica_sets: &[ReplicaSet]) -> Self {
+    pub fn from_replica_sets(
+        workload: &WorkloadView,
+        revision: u64,
+        replica_sets: &[ReplicaSet],
+    ) -> Self {
         let owned: Vec<(u64, &ReplicaSet)> = replica_sets
             .iter()
             .filter(|rs| {
@@ -210,22 +223,42 @@ impl History {
                     .any(|o| o.uid == workload.uid && o.controller == Some(true))
             })
             .filter_map(|rs| {
-                let rev = rs.metadata.annotations.as_ref()?.get(REVISION_ANNOTATION)?.parse().ok()?;
+                let rev = rs
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(REVISION_ANNOTATION)?
+                    .parse()
+                    .ok()?;
                 Some((rev, rs))
             })
             .collect();
-        let current = owned.iter().find(|(rev, _)| *rev == revision).map(|(_, rs)| *rs);
-        let previous = owned.iter().filter(|(rev, _)| *rev < revision).max_by_key(|(rev, _)| *rev);
+        let current = owned
+            .iter()
+            .find(|(rev, _)| *rev == revision)
+            .map(|(_, rs)| *rs);
+        let previous = owned
+            .iter()
+            .filter(|(rev, _)| *rev < revision)
+            .max_by_key(|(rev, _)| *rev);
         History {
             rolled_back_from: current
-                .and_then(|rs| rs.metadata.annotations.as_ref()?.get(REVISION_HISTORY_ANNOTATION).cloned())
+                .and_then(|rs| {
+                    rs.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(REVISION_HISTORY_ANNOTATION)
+                        .cloned()
+                })
                 .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
                 .unwrap_or_default(),
             previous_images: previous
                 .and_then(|(_, rs)| rs.spec.as_ref()?.template.as_ref().map(images))
                 .unwrap_or_default(),
             previous_revision: previous.map(|(rev, _)| *rev),
-            replica_set_created_at: current.and_then(|rs| rs.metadata.creation_timestamp.as_ref()).map(|t| t.0),
+            replica_set_created_at: current
+                .and_then(|rs| rs.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0),
         }
     }
 }
@@ -243,7 +276,12 @@ pub struct Rollout {
 
 impl Rollout {
     /// Combines the object's view with its history. `now` stands in for a missing finish time.
-    pub fn new(workload: &WorkloadView, finished: Finished, history: History, now: Timestamp) -> Self {
+    pub fn new(
+        workload: &WorkloadView,
+        finished: Finished,
+        history: History,
+        now: Timestamp,
+    ) -> Self {
         let outcome = match finished.outcome {
             Outcome::Completed if !history.rolled_back_from.is_empty() => Outcome::RolledBack,
             other => other,
@@ -275,7 +313,11 @@ fn images(template: &PodTemplateSpec) -> BTreeMap<String, String> {
     let Some(spec) = template.spec.as_ref() else {
         return BTreeMap::new();
     };
-    let init = spec.init_containers.iter().flatten().map(|c| (format!("init:{}", c.name), c));
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (format!("init:{}", c.name), c));
     let main = spec.containers.iter().map(|c| (c.name.clone(), c));
     init.chain(main)
         .map(|(name, c)| (name, c.image.clone().unwrap_or_default()))
@@ -339,10 +381,19 @@ mod tests {
 
     #[test]
     fn finished_rollouts_carry_revision_outcome_and_finish_time() {
-        let done = view("deployment-complete.json").finished().expect("complete");
+        let done = view("deployment-complete.json")
+            .finished()
+            .expect("complete");
         assert_eq!((done.revision, done.outcome), (1, Outcome::Completed));
         let d: Deployment = fixture("deployment-complete.json");
-        let progressing = d.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Progressing").unwrap();
+        let progressing = d
+            .status
+            .unwrap()
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")
+            .unwrap();
         assert_eq!(done.finished_at, progressing.last_update_time.map(|t| t.0));
 
         let failed = view("deployment-failed.json").finished().expect("failed");
@@ -367,9 +418,15 @@ mod tests {
         let history = History::from_replica_sets(&w, 2, &replica_sets("replicasets-rev2.json"));
         assert!(history.rolled_back_from.is_empty());
         assert_eq!(history.previous_revision, Some(1));
-        assert_eq!(history.previous_images.get("web").map(String::as_str), Some("nginx:1.25"));
+        assert_eq!(
+            history.previous_images.get("web").map(String::as_str),
+            Some("nginx:1.25")
+        );
         assert_eq!(w.images.get("web").map(String::as_str), Some("nginx:1.26"));
-        assert_eq!(w.images.get("init:migrate").map(String::as_str), Some("ghcr.io/acme/shop-migrate:1.25"));
+        assert_eq!(
+            w.images.get("init:migrate").map(String::as_str),
+            Some("ghcr.io/acme/shop-migrate:1.25")
+        );
         let r = Rollout::new(&w, done, history, Timestamp::now());
         assert_eq!(r.outcome, Outcome::Completed);
         assert_eq!(w.template_manager.as_deref(), Some("kubectl-set"));
@@ -381,9 +438,13 @@ mod tests {
         let w = view("deployment-rolledback.json");
         let done = w.finished().unwrap();
         assert_eq!(done.revision, 3);
-        let history = History::from_replica_sets(&w, 3, &replica_sets("replicasets-rolledback.json"));
+        let history =
+            History::from_replica_sets(&w, 3, &replica_sets("replicasets-rolledback.json"));
         assert_eq!(history.rolled_back_from, vec![1]);
-        assert_eq!(history.previous_images.get("web").map(String::as_str), Some("nginx:1.26"));
+        assert_eq!(
+            history.previous_images.get("web").map(String::as_str),
+            Some("nginx:1.26")
+        );
         let r = Rollout::new(&w, done, history, Timestamp::now());
         assert_eq!(r.outcome, Outcome::RolledBack);
     }
@@ -392,12 +453,24 @@ mod tests {
     fn the_view_keeps_no_secrets_or_last_applied_configuration() {
         let d: Deployment = fixture("deployment-complete.json");
         assert!(
-            d.metadata.annotations.as_ref().unwrap().contains_key("kubectl.kubernetes.io/last-applied-configuration"),
+            d.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key("kubectl.kubernetes.io/last-applied-configuration"),
             "the fixture should hold the annotation this test proves is dropped"
         );
         let w = WorkloadView::from_deployment(&d);
-        assert!(!w.annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
-        assert_eq!(w.annotations.get(CHANGE_CAUSE_ANNOTATION).map(String::as_str), Some("release 1.25"));
+        assert!(
+            !w.annotations
+                .contains_key("kubectl.kubernetes.io/last-applied-configuration")
+        );
+        assert_eq!(
+            w.annotations
+                .get(CHANGE_CAUSE_ANNOTATION)
+                .map(String::as_str),
+            Some("release 1.25")
+        );
         assert!(!format!("{w:?}").contains("do-not-send"));
     }
 }

@@ -1,0 +1,410 @@
+//! Test support: a client for the running control plane, throw-away namespaces, the fake ilert,
+//! and the controller run as the real built binary.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, Config, CustomResourceExt};
+use serde_json::{Value, json};
+
+use ilert_rollout_controller::pipeline::IlertPipeline;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A client for the control plane that `make cluster-up` / `make test` started. Fails loudly,
+/// saying how to start one, when there is none.
+pub async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let hint = "no Kubernetes control plane for the end-to-end tests: run `make test`, or `make cluster-up` and `export KUBECONFIG=$PWD/target/cluster/kubeconfig`";
+    let path =
+        std::env::var("KUBECONFIG").unwrap_or_else(|_| panic!("KUBECONFIG is not set; {hint}"));
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "KUBECONFIG={path} does not exist; {hint}"
+    );
+    let config = Config::infer()
+        .await
+        .unwrap_or_else(|e| panic!("cannot load KUBECONFIG={path}: {e}; {hint}"));
+    let client = Client::try_from(config).expect("client");
+    if let Err(e) = client.apiserver_version().await {
+        panic!("the control plane in {path} does not answer ({e}); {hint}");
+    }
+    client
+}
+
+/// Installs (or updates) the IlertPipeline CRD from the Rust types and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = IlertPipeline::crd();
+    let name = crd.metadata.name.clone().unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("e2e-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    eventually(Duration::from_secs(30), "CRD established", || async {
+        let crd = api.get(&name).await.ok()?;
+        let established = crd
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A namespace of its own for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("e2e".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        // Pods need the default ServiceAccount, which the controller-manager creates.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        eventually(
+            Duration::from_secs(30),
+            "default ServiceAccount",
+            || async { sa.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let kubectl = format!("{REPO}/target/cluster/bin/kubectl");
+        let _ = Command::new(kubectl)
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {key: value},
+    }))
+    .unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-tests").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .expect("secret");
+}
+
+/// What the fake ilert should answer next.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Accept,
+    Status(u16, Value),
+    RateLimited { retry_after_secs: u64 },
+    Hang(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub body: Value,
+    pub at: Instant,
+    /// What the fake answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct FakeState {
+    received: Vec<Received>,
+    script: VecDeque<Reply>,
+    schema_errors: Vec<String>,
+}
+
+/// A local stand-in for ilert: records every request, validates it against ilert's published
+/// DeploymentEvent schema, and answers as scripted (202 when nothing is scripted).
+#[derive(Clone)]
+pub struct FakeIlert {
+    pub url: String,
+    state: Arc<Mutex<FakeState>>,
+    validator: Arc<jsonschema::Validator>,
+}
+
+pub fn deployment_event_validator() -> jsonschema::Validator {
+    let path = PathBuf::from(REPO).join("tests/ilert-api/deployment-events.openapi.yml");
+    let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("schema file"))
+        .expect("schema yaml");
+    let schema = json!({
+        "$ref": "#/components/schemas/DeploymentEvent",
+        "components": doc["components"].clone(),
+    });
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("valid schema")
+}
+
+impl FakeIlert {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let validator = Arc::new(deployment_event_validator());
+        let fake = FakeIlert {
+            url: String::new(),
+            state,
+            validator,
+        };
+        let app = axum::Router::new()
+            .route("/api/deployment-events", axum::routing::post(receive))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeIlert { url, ..fake }
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Every request so far (including refused ones).
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Bodies of the requests answered 202.
+    pub fn accepted(&self) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.status == 202)
+            .map(|r| r.body)
+            .collect()
+    }
+
+    /// Panics if any request broke ilert's schema.
+    pub fn assert_schema_valid(&self) {
+        let errors = self.state.lock().unwrap().schema_errors.clone();
+        assert!(
+            errors.is_empty(),
+            "payloads that break ilert's DeploymentEvent schema: {errors:#?}"
+        );
+    }
+
+    pub async fn wait_accepted(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        eventually(timeout, &format!("{n} accepted events"), || async {
+            let a = self.accepted();
+            (a.len() >= n).then_some(a)
+        })
+        .await
+    }
+}
+
+async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: String) -> Response {
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let reply = {
+        let mut st = fake.state.lock().unwrap();
+        if let Err(e) = fake.validator.validate(&parsed) {
+            st.schema_errors.push(format!("{e}: {body}"));
+        }
+        st.script.pop_front().unwrap_or(Reply::Accept)
+    };
+    let status = match &reply {
+        Reply::Accept => 202,
+        Reply::Status(s, _) => *s,
+        Reply::RateLimited { .. } => 429,
+        Reply::Hang(_) => 0,
+    };
+    fake.state.lock().unwrap().received.push(Received {
+        body: parsed,
+        at: Instant::now(),
+        status,
+    });
+    match reply {
+        Reply::Accept => StatusCode::ACCEPTED.into_response(),
+        Reply::Status(s, body) => {
+            (StatusCode::from_u16(s).unwrap(), axum::Json(body)).into_response()
+        }
+        Reply::RateLimited { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", retry_after_secs.to_string())],
+            axum::Json(
+                json!({"status": 429, "message": "Too many requests", "code": "RATE_LIMIT"}),
+            ),
+        )
+            .into_response(),
+        Reply::Hang(d) => {
+            tokio::time::sleep(d).await;
+            StatusCode::ACCEPTED.into_response()
+        }
+    }
+}
+
+/// The controller, run as the real built binary with real flags.
+pub struct Controller {
+    child: Option<Child>,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Controller {
+    /// Starts a controller that serves only pipelines labelled `e2e-ns=<ns>`, keeps its state in `ns`,
+    /// and trusts `ns`.
+    pub fn start(ns: &str, ilert: &FakeIlert, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--api-url".into(),
+            ilert.url.clone(),
+            "--cluster-name".into(),
+            "e2e".into(),
+            "--namespace".into(),
+            ns.into(),
+            "--trusted-namespaces".into(),
+            ns.into(),
+            "--pipeline-selector".into(),
+            format!("e2e-ns={ns}"),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let dir = PathBuf::from(REPO).join("target/e2e-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Controller {
+            child: None,
+            log: dir.join(format!("{ns}.log")),
+            args,
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ilert-rollout-controller"))
+            .args(&self.args)
+            .env("RUST_LOG", "info,ilert_rollout_controller=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller binary");
+        self.child = Some(child);
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits until the controller logs that its caches are synced.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self
+                .logs()
+                .matches("\"message\":\"caches synced and backlog decided\"")
+                .count()
+                >= self.starts()
+            {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "the controller exited ({status}); its log:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller not ready after 30 s; log in {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn starts(&self) -> usize {
+        self.logs()
+            .matches("\"message\":\"starting\"")
+            .count()
+            .max(1)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
