@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
 use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times};
+use crate::metrics::{Metrics, PipelineLabels};
 use crate::pacing::{Budget, Plan, backoff, retry_after};
 use crate::pipeline::{IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent};
 use crate::report::{self, DeploymentEvent};
@@ -45,6 +46,8 @@ pub struct Config {
     pub pipeline_selector: Option<String>,
     /// Longest wait between retries of an unavailable ilert.
     pub retry_cap: Duration,
+    /// Time-out of one request to ilert.
+    pub ilert_timeout: Duration,
     pub instance: String,
 }
 
@@ -62,6 +65,10 @@ impl Readiness {
 }
 
 struct Shared {
+    metrics: Arc<Metrics>,
+    ilert_timeout: Duration,
+    /// Set on SIGTERM: senders finish the request in flight and stop.
+    shutdown: watch::Receiver<bool>,
     client: Client,
     ilert: IlertClient,
     cfg: Config,
@@ -147,8 +154,12 @@ struct Selection {
 }
 
 struct PipelineHandle {
+    uid: String,
     namespace: String,
     name: String,
+    reference: ObjectReference,
+    /// The status as last seen in the watch: a new leader continues its counters.
+    last_status: IlertPipelineStatus,
     created: Timestamp,
     spec_tx: watch::Sender<IlertPipelineSpec>,
     selection: Option<Selection>,
@@ -158,11 +169,62 @@ struct PipelineHandle {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Drop for PipelineHandle {
-    fn drop(&mut self) {
-        for t in &self.tasks {
+impl PipelineHandle {
+    /// Starts delivery and status writing (the leader only): pending events come from the ledger,
+    /// counters from the last status seen.
+    fn start(&mut self, shared: &Arc<Shared>) {
+        self.stop();
+        {
+            let mut q = lock(&self.outbox.queue);
+            q.clear();
+            q.extend(
+                shared
+                    .ledger
+                    .pending(&self.uid)
+                    .into_iter()
+                    .map(|(key, entry)| QueuedEvent { key, entry }),
+            );
+        }
+        {
+            let mut s = lock(&self.stats);
+            s.sent = self.last_status.events_sent;
+            s.failed = self.last_status.events_failed;
+            s.last_event = self.last_status.last_event.clone();
+            s.dirty = true;
+        }
+        let sender = Sender {
+            shared: shared.clone(),
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            reference: self.reference.clone(),
+            outbox: self.outbox.clone(),
+            stats: self.stats.clone(),
+            spec: self.spec_tx.subscribe(),
+            shutdown: shared.shutdown.clone(),
+        };
+        let status = StatusWriter {
+            shared: shared.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            reference: self.reference.clone(),
+            outbox: self.outbox.clone(),
+            stats: self.stats.clone(),
+        };
+        self.tasks = vec![tokio::spawn(sender.run()), tokio::spawn(status.run())];
+    }
+
+    /// Stops sending at once (leadership lost, pipeline deleted).
+    fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
             t.abort();
         }
+        lock(&self.outbox.queue).clear();
+    }
+}
+
+impl Drop for PipelineHandle {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -227,14 +289,27 @@ struct Brain {
     init_pipelines: Option<HashSet<String>>,
     synced: [bool; 3],
     readiness: Readiness,
+    /// Only the lease holder sends and writes; every replica watches, so failover is instant.
+    leading: bool,
 }
 
 /// Runs until a watch fails for good.
+/// The outside signals one controller instance follows.
+pub struct Signals {
+    /// true while this replica holds the lease.
+    pub leader: watch::Receiver<bool>,
+    /// true once the process should stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Runs until shutdown (Ok) or until the watches end for good.
 pub async fn run(
     client: Client,
     ilert: IlertClient,
     cfg: Config,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     let ledger = Ledger::load(client.clone(), &cfg.namespace)
         .await
@@ -252,6 +327,9 @@ pub async fn run(
         },
     );
     let shared = Arc::new(Shared {
+        metrics,
+        ilert_timeout: cfg.ilert_timeout,
+        shutdown: signals.shutdown.clone(),
         client: client.clone(),
         ilert,
         cfg: cfg.clone(),
@@ -294,15 +372,29 @@ pub async fn run(
         init_pipelines: None,
         synced: [false; 3],
         readiness,
+        leading: false,
     };
-    while let Some(input) = inputs.next().await {
-        match input {
-            Ok(input) => brain.handle(input).await,
-            // The backoff retries; a failing watch is logged and resumes.
-            Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+    loop {
+        tokio::select! {
+            input = inputs.next() => match input {
+                Some(Ok(input)) => brain.handle(input).await,
+                // The backoff retries; a failing watch is logged and resumes.
+                Some(Err(e)) => {
+                    brain.shared.metrics.error("watch");
+                    warn!(error = %e, "watch failed; retrying with backoff");
+                }
+                None => anyhow::bail!("watch streams ended"),
+            },
+            changed = signals.leader.changed() => {
+                let leading = changed.is_ok() && *signals.leader.borrow_and_update();
+                brain.set_leading(leading).await;
+            }
+            _ = signals.shutdown.changed() => {
+                brain.shut_down().await;
+                return Ok(());
+            }
         }
     }
-    anyhow::bail!("watch streams ended")
 }
 
 fn project(ev: Event<Deployment>) -> Event<WorkloadView> {
@@ -327,6 +419,57 @@ where
 }
 
 impl Brain {
+    async fn set_leading(&mut self, leading: bool) {
+        if leading == self.leading {
+            return;
+        }
+        self.shared.metrics.leader.set(i64::from(leading));
+        if !leading {
+            warn!("lost the lease: stopped sending");
+            self.leading = false;
+            for h in self.pipelines.values_mut() {
+                h.stop();
+            }
+            return;
+        }
+        info!("holding the lease: sending");
+        // The previous leader wrote the ledger: read it again before deciding anything.
+        let mut attempt = 0;
+        while let Err(e) = self.shared.ledger.reload().await {
+            attempt += 1;
+            self.shared.metrics.error("ledger");
+            warn!(error = %e, "cannot read the delivery state; retrying before taking over");
+            tokio::time::sleep(backoff(attempt, Duration::from_secs(10), jitter())).await;
+        }
+        self.leading = true;
+        for h in self.pipelines.values_mut() {
+            h.start(&self.shared);
+        }
+        self.after_resync().await;
+    }
+
+    /// SIGTERM: let every sender finish its request in flight (they watch the shutdown signal),
+    /// give them a bounded time, then return so the lease is released.
+    async fn shut_down(&mut self) {
+        info!("shutting down: finishing requests in flight");
+        let limit = self.shared.ilert_timeout + Duration::from_secs(2);
+        let tasks: Vec<JoinHandle<()>> = self
+            .pipelines
+            .values_mut()
+            .filter_map(|h| {
+                if h.tasks.is_empty() {
+                    None
+                } else {
+                    Some(h.tasks.remove(0))
+                }
+            })
+            .collect();
+        let _ = tokio::time::timeout(limit, futures::future::join_all(tasks)).await;
+        for h in self.pipelines.values_mut() {
+            h.stop();
+        }
+    }
+
     fn all_synced(&self) -> bool {
         self.synced.iter().all(|s| *s)
     }
@@ -451,7 +594,20 @@ impl Brain {
     /// After a (re-)list: decide every workload against every pipeline, forget state of pipelines
     /// and workloads that are gone, and declare readiness.
     async fn after_resync(&mut self) {
+        self.shared
+            .metrics
+            .watched_workloads
+            .set(self.workloads.len() as i64);
         if !self.all_synced() {
+            return;
+        }
+        if !self.leading {
+            // A standby keeps its caches and selection counts warm, and is ready.
+            let uids: Vec<String> = self.pipelines.keys().cloned().collect();
+            for uid in &uids {
+                self.evaluate_pipeline(uid);
+            }
+            self.declare_ready();
             return;
         }
         let uids: Vec<String> = self.pipelines.keys().cloned().collect();
@@ -479,6 +635,10 @@ impl Brain {
                 Err(e) => warn!(error = %e, "could not prune delivery state"),
             }
         }
+        self.declare_ready();
+    }
+
+    fn declare_ready(&self) {
         if !self.readiness.is_ready() {
             info!(
                 workloads = self.workloads.len(),
@@ -495,6 +655,7 @@ impl Brain {
         let namespace = p.namespace().unwrap_or_default();
         let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         if let Some(h) = self.pipelines.get_mut(&uid) {
+            h.last_status = p.status.clone().unwrap_or_default();
             // Status writes come back as watch events: wake the sender only for a real spec change.
             h.spec_tx.send_if_modified(|spec| {
                 let changed = *spec != p.spec;
@@ -512,61 +673,39 @@ impl Brain {
             h.selection = sel.ok();
             return uid;
         }
-        let status = p.status.clone().unwrap_or_default();
         let stats = Arc::new(Mutex::new(Stats {
             generation: p.metadata.generation,
-            sent: status.events_sent,
-            failed: status.events_failed,
-            last_event: status.last_event.clone(),
             config_problem: sel.as_ref().err().cloned(),
             suspended: p.spec.suspend,
             dirty: true,
             ..Default::default()
         }));
-        let outbox = Arc::new(Outbox::default());
-        for (key, entry) in self.shared.ledger.pending(&uid) {
-            outbox.push(QueuedEvent { key, entry });
-        }
-        let (spec_tx, spec_rx) = watch::channel(p.spec.clone());
-        let reference = p.object_ref(&());
         let created = p
             .metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0)
             .unwrap_or_else(Timestamp::now);
-        let sender = Sender {
-            shared: self.shared.clone(),
-            uid: uid.clone(),
-            namespace: namespace.clone(),
-            reference: reference.clone(),
-            outbox: outbox.clone(),
-            stats: stats.clone(),
-            spec: spec_rx,
-        };
-        let status_task = StatusWriter {
-            shared: self.shared.clone(),
-            namespace: namespace.clone(),
-            name: p.name_any(),
-            reference,
-            outbox: outbox.clone(),
-            stats: stats.clone(),
-        };
+        let (spec_tx, _) = watch::channel(p.spec.clone());
         info!(pipeline = %format!("{namespace}/{}", p.name_any()), "serving pipeline");
-        self.pipelines.insert(
-            uid.clone(),
-            PipelineHandle {
-                namespace,
-                name: p.name_any(),
-                created,
-                spec_tx,
-                selection: sel.ok(),
-                selected: HashSet::new(),
-                outbox,
-                stats,
-                tasks: vec![tokio::spawn(sender.run()), tokio::spawn(status_task.run())],
-            },
-        );
+        let mut handle = PipelineHandle {
+            uid: uid.clone(),
+            namespace,
+            name: p.name_any(),
+            reference: p.object_ref(&()),
+            last_status: p.status.clone().unwrap_or_default(),
+            created,
+            spec_tx,
+            selection: sel.ok(),
+            selected: HashSet::new(),
+            outbox: Arc::new(Outbox::default()),
+            stats,
+            tasks: Vec::new(),
+        };
+        if self.leading {
+            handle.start(&self.shared);
+        }
+        self.pipelines.insert(uid.clone(), handle);
         uid
     }
 
@@ -574,6 +713,9 @@ impl Brain {
         if let Some(h) = self.pipelines.remove(uid) {
             info!(pipeline = %format!("{}/{}", h.namespace, h.name), "pipeline deleted; removing its delivery state");
             drop(h);
+            if !self.leading {
+                return;
+            }
             if let Err(e) = self.shared.ledger.forget_pipeline(uid).await {
                 warn!(error = %e, "could not remove delivery state of a deleted pipeline");
             }
@@ -595,6 +737,12 @@ impl Brain {
 
     /// A workload changed: work in proportion to the number of pipelines.
     fn evaluate_workload(&mut self, workload_uid: &str) {
+        let started = std::time::Instant::now();
+        self.shared.metrics.reconciles.inc();
+        self.shared
+            .metrics
+            .watched_workloads
+            .set(self.workloads.len() as i64);
         let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
         for p in pipelines {
             let before = self.pipelines.get(&p).map(|h| h.selected.len());
@@ -607,6 +755,10 @@ impl Brain {
                 s.dirty = true;
             }
         }
+        self.shared
+            .metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     fn evaluate_one(&mut self, pipeline_uid: &str, workload_uid: &str) {
@@ -631,6 +783,9 @@ impl Brain {
             return;
         }
         h.selected.insert(workload_uid.to_string());
+        if !self.leading {
+            return;
+        }
         let Some(finished) = w.finished() else { return };
         let key = RolloutKey::new(workload_uid, &finished);
         let times = Times {
@@ -719,6 +874,7 @@ struct Sender {
     outbox: Arc<Outbox>,
     stats: Arc<Mutex<Stats>>,
     spec: watch::Receiver<IlertPipelineSpec>,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// The key ilert rejected, and when to try it once more anyway.
@@ -733,13 +889,21 @@ impl Sender {
         let mut failures: u32 = 0;
         let mut secret_failures: u32 = 0;
         let mut rejected: Option<Rejected> = None;
+        let pending_gauge = self
+            .shared
+            .metrics
+            .pending
+            .get_or_create(&PipelineLabels {
+                pipeline: self.name(),
+            })
+            .clone();
         loop {
-            let spec = self.spec.borrow_and_update().clone();
-            if spec.suspend {
-                let _ = self.spec.changed().await;
-                continue;
+            if *self.shutdown.borrow() {
+                return;
             }
+            let spec = self.spec.borrow_and_update().clone();
             let waiting = self.outbox.len();
+            pending_gauge.set(waiting as i64);
             {
                 let mut s = lock(&self.stats);
                 if s.pending != waiting as u64 {
@@ -747,10 +911,11 @@ impl Sender {
                     s.dirty = true;
                 }
             }
-            if waiting == 0 {
+            if spec.suspend || waiting == 0 {
                 tokio::select! {
-                    _ = self.outbox.notify.notified() => {}
+                    _ = self.outbox.notify.notified(), if !spec.suspend => {}
                     _ = self.spec.changed() => {}
+                    _ = self.shutdown.changed() => {}
                 }
                 continue;
             }
@@ -784,7 +949,9 @@ impl Sender {
             let plan = self.budget(&key, |b| b.plan(waiting, now));
             let n = match plan {
                 Plan::WaitUntil(t) => {
-                    tokio::time::sleep_until(t).await;
+                    self.shared.metrics.rate_limit_waits.inc();
+                    self.pause(t.saturating_duration_since(Instant::now()))
+                        .await;
                     continue;
                 }
                 Plan::Send(n) => n,
@@ -804,7 +971,19 @@ impl Sender {
             let event = report::combine(&events[..take], cluster);
             let body = report::body(&event, key.expose());
             self.budget(&key, |b| b.take(Instant::now()));
-            match self.shared.ilert.send_deployment_event(&body, &key).await {
+            let started = std::time::Instant::now();
+            let result = self.shared.ilert.send_deployment_event(&body, &key).await;
+            self.shared
+                .metrics
+                .send_duration
+                .observe(started.elapsed().as_secs_f64());
+            self.shared.metrics.request(
+                result
+                    .as_ref()
+                    .err()
+                    .map_or("accepted", SendError::metric_label),
+            );
+            match result {
                 Ok(()) => {
                     failures = 0;
                     rejected = None;
@@ -815,6 +994,7 @@ impl Sender {
                 Err(SendError::RateLimited { retry_after: ra }) => {
                     let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
                     info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
+                    self.shared.metrics.rate_limit_waits.inc();
                     self.budget(&key, |b| b.exhausted_until(Instant::now() + wait));
                 }
                 Err(SendError::Unavailable(msg)) => {
@@ -904,6 +1084,7 @@ impl Sender {
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
             _ = self.spec.changed() => {}
+            _ = self.shutdown.changed() => {}
         }
     }
 
@@ -979,11 +1160,23 @@ impl Sender {
         let mut attempt = 0;
         while let Err(e) = self.shared.ledger.persist(&self.uid, &done).await {
             attempt += 1;
+            self.shared.metrics.error("ledger");
             warn!(error = %e, "could not record delivery; retrying (a crash now may repeat this event once)");
             tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
         }
         let keys: HashSet<&RolloutKey> = batch.iter().map(|(k, _)| k).collect();
         lock(&self.outbox.queue).retain(|i| !keys.contains(&i.key));
+        let result = if state == State::Sent {
+            "sent"
+        } else {
+            "failed"
+        };
+        for (k, e) in batch {
+            self.shared
+                .metrics
+                .event(e.reported_outcome.unwrap_or(k.outcome).as_str(), result)
+                .inc();
+        }
     }
 
     async fn delivered(&self, batch: &[(RolloutKey, Entry)]) {

@@ -163,6 +163,23 @@ impl Ledger {
     /// Loads every ledger ConfigMap of `namespace`.
     pub async fn load(client: Client, namespace: &str) -> Result<Self, kube::Error> {
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+        let entries = Self::fetch(&api).await?;
+        Ok(Ledger {
+            api,
+            entries: Mutex::new(entries),
+        })
+    }
+
+    /// Reads the persisted state again (a replica that just became leader: the old leader wrote it).
+    pub async fn reload(&self) -> Result<(), kube::Error> {
+        let entries = Self::fetch(&self.api).await?;
+        *self.lock() = entries;
+        Ok(())
+    }
+
+    async fn fetch(
+        api: &Api<ConfigMap>,
+    ) -> Result<HashMap<String, BTreeMap<RolloutKey, Entry>>, kube::Error> {
         let lp = ListParams::default().labels(&format!(
             "app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"
         ));
@@ -186,10 +203,7 @@ impl Ledger {
                 }
             }
         }
-        Ok(Ledger {
-            api,
-            entries: Mutex::new(entries),
-        })
+        Ok(entries)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<RolloutKey, Entry>>> {

@@ -6,10 +6,12 @@
 pub mod controller;
 pub mod ilert;
 pub mod ledger;
+pub mod metrics;
 pub mod pacing;
 pub mod pipeline;
 pub mod report;
 pub mod rollout;
+pub mod server;
 
 use kube::CustomResourceExt;
 

@@ -2,12 +2,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use ilert_rollout_controller::controller::{self, Config, Readiness};
+use std::sync::Arc;
+
+use ilert_rollout_controller::controller::{self, Config, Readiness, Signals};
 use ilert_rollout_controller::ilert::IlertClient;
+use ilert_rollout_controller::metrics::Metrics;
 use ilert_rollout_controller::pipeline::IlertPipeline;
+use ilert_rollout_controller::server;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use tracing::{error, info};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +62,21 @@ struct RunArgs {
     /// Longest wait between retries while ilert is unavailable, in seconds.
     #[arg(long, env = "RETRY_MAX_SECONDS", default_value_t = 300)]
     retry_max_seconds: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    listen_address: std::net::SocketAddr,
+    /// Elect a leader among replicas on a Lease in the controller's namespace; only the leader sends.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "LEASE_NAME", default_value = "ilert-rollout-controller")]
+    lease_name: String,
+    /// Seconds a leader holds the lease without renewing it; a standby takes over after that.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
+    lease_duration_seconds: u64,
+    /// Seconds before expiry at which the leader renews the lease.
+    #[arg(long, env = "LEASE_GRACE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    lease_grace_seconds: u64,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -136,6 +157,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rate_limit_per_minute: args.rate_limit_per_minute,
         pipeline_selector: args.pipeline_selector.clone(),
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
+        ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),
         instance: std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
     };
@@ -149,13 +171,79 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting"
     );
     let readiness = Readiness::default();
-    tokio::select! {
-        r = controller::run(client, ilert, cfg, readiness) => r,
+    let metrics = Arc::new(Metrics::default());
+    let server = tokio::spawn(server::serve(
+        args.listen_address,
+        metrics.clone(),
+        readiness.clone(),
+    ));
+
+    // Every replica watches; only the lease holder sends and writes.
+    let (leader, lease_task) = if args.leader_elect {
+        let grace = args
+            .lease_grace_seconds
+            .min(args.lease_duration_seconds - 1);
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&cfg.instance)
+            .with_duration(args.lease_duration_seconds)
+            .with_grace(grace)
+            .build()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot set up leader election on Lease {namespace}/{}",
+                    args.lease_name
+                )
+            })?;
+        let (rx, task) = manager.watch().await;
+        (rx, Some(task))
+    } else {
+        let (tx, rx) = watch::channel(true);
+        // Keep the sender alive for the life of the process: always leader.
+        std::mem::forget(tx);
+        (rx, None)
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let controller = controller::run(
+        client,
+        ilert,
+        cfg,
+        readiness,
+        metrics,
+        Signals {
+            leader: leader.clone(),
+            shutdown: shutdown_rx,
+        },
+    );
+    // Boxed so it can be dropped (with its lease receiver) before the lease is released.
+    let mut controller = Box::pin(controller);
+    let result = tokio::select! {
+        r = &mut controller => r,
+        r = server => match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the metrics server stopped")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("the metrics server failed: {e}")),
+        },
         _ = shutdown_signal() => {
-            info!("shutting down");
-            Ok(())
+            info!("received a stop signal");
+            let _ = shutdown_tx.send(true);
+            (&mut controller).await
+        }
+    };
+    // Dropping the last receiver makes the lease task release the lease, so a standby takes
+    // over at once instead of after the lease expires.
+    drop(leader);
+    drop(controller);
+    if let Some(task) = lease_task {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(_))) => info!("lease released"),
+            Ok(Ok(Err(e))) => warn!(error = %e, "could not release the lease"),
+            Ok(Err(e)) => warn!(error = %e, "lease task failed"),
+            Err(_) => warn!("releasing the lease timed out"),
         }
     }
+    result
 }
 
 /// Fails fast with an install hint when the CRD is missing, instead of looping on 404s.

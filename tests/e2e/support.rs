@@ -316,6 +316,12 @@ impl Controller {
             format!("e2e-ns={ns}"),
             "--log-format".into(),
             "json".into(),
+            "--listen-address".into(),
+            "127.0.0.1:0".into(),
+            "--lease-duration-seconds".into(),
+            "4".into(),
+            "--lease-grace-seconds".into(),
+            "2".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(REPO).join("target/e2e-logs");
@@ -393,6 +399,30 @@ impl Controller {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Base URL of /metrics, /healthz and /readyz of the latest start.
+    pub fn ops_url(&self) -> String {
+        let logs = self.logs();
+        let line = logs
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving /metrics"))
+            .expect("the controller logs its listen address");
+        let v: serde_json::Value = serde_json::from_str(line).expect("json log line");
+        format!("http://{}", v["address"].as_str().expect("address field"))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how long that took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        started.elapsed()
     }
 
     fn starts(&self) -> usize {
