@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the IlertPipeline CRD as YAML.
     Crds,
 }
@@ -113,7 +113,7 @@ async fn main() -> std::process::ExitCode {
             print!("{}", ilert_rollout_controller::crd_yaml());
             return std::process::ExitCode::SUCCESS;
         }
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         None => cli.run,
     };
     init_logging(args.log_format);
