@@ -185,7 +185,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .min(args.lease_duration_seconds - 1);
         let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&namespace)
-            .with_identity(&cfg.instance)
+            // Unique even where every replica is pid 1 and POD_NAME is not set.
+            .with_identity(format!("{}-{:08x}", cfg.instance, rand::random::<u32>()))
             .with_duration(args.lease_duration_seconds)
             .with_grace(grace)
             .build()

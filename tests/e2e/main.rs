@@ -3,6 +3,7 @@
 
 mod cluster;
 mod controller;
+mod operations;
 mod support;
 
 use std::time::Duration;

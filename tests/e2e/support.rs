@@ -169,6 +169,8 @@ pub struct Received {
 
 #[derive(Default)]
 struct FakeState {
+    /// Every accepted request is answered only after this delay (a slow ilert).
+    delay: Duration,
     received: Vec<Received>,
     script: VecDeque<Reply>,
     schema_errors: Vec<String>,
@@ -215,6 +217,12 @@ impl FakeIlert {
         FakeIlert { url, ..fake }
     }
 
+    /// Answers every later accepted request after `d`; a request whose client dies meanwhile is
+    /// not counted as received.
+    pub fn set_delay(&self, d: Duration) {
+        self.state.lock().unwrap().delay = d;
+    }
+
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
     }
@@ -253,13 +261,16 @@ impl FakeIlert {
 
 async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: String) -> Response {
     let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let reply = {
+    let (reply, delay) = {
         let mut st = fake.state.lock().unwrap();
         if let Err(e) = fake.validator.validate(&parsed) {
             st.schema_errors.push(format!("{e}: {body}"));
         }
-        st.script.pop_front().unwrap_or(Reply::Accept)
+        (st.script.pop_front().unwrap_or(Reply::Accept), st.delay)
     };
+    if matches!(reply, Reply::Accept) && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let status = match &reply {
         Reply::Accept => 202,
         Reply::Status(s, _) => *s,
@@ -302,6 +313,11 @@ impl Controller {
     /// Starts a controller that serves only pipelines labelled `e2e-ns=<ns>`, keeps its state in `ns`,
     /// and trusts `ns`.
     pub fn start(ns: &str, ilert: &FakeIlert, extra: &[&str]) -> Self {
+        Self::start_named(ns, ilert, extra, "a")
+    }
+
+    /// A second replica of the same controller (same namespace, pipelines and lease).
+    pub fn start_named(ns: &str, ilert: &FakeIlert, extra: &[&str], replica: &str) -> Self {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--api-url".into(),
@@ -328,7 +344,7 @@ impl Controller {
         std::fs::create_dir_all(&dir).unwrap();
         let mut c = Controller {
             child: None,
-            log: dir.join(format!("{ns}.log")),
+            log: dir.join(format!("{ns}-{replica}.log")),
             args,
         };
         c.spawn();
@@ -343,6 +359,10 @@ impl Controller {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ilert-rollout-controller"))
             .args(&self.args)
+            .env(
+                "POD_NAME",
+                self.log.file_stem().unwrap().to_string_lossy().to_string(),
+            )
             .env("RUST_LOG", "info,ilert_rollout_controller=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,218 @@
+//! Operations: metrics agree with what ilert received, probes, leader election and failover.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+use crate::*;
+
+async fn get(url: &str) -> (u16, String, String) {
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, ct, r.text().await.unwrap())
+}
+
+/// Parses OpenMetrics text into `name{labels}` -> value.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_agree_with_what_ilert_received() {
+    let w = World::new("metrics", true, None, &[]).await;
+    let url = w.controller.ops_url();
+    assert_eq!(get(&format!("{url}/healthz")).await.0, 200);
+    assert_eq!(get(&format!("{url}/readyz")).await.0, 200);
+    w.ilert.script([Reply::Status(
+        503,
+        json!({"status": 503, "message": "maintenance", "code": "UNAVAILABLE"}),
+    )]);
+    for name in ["a", "b"] {
+        apply(&w.deployments, name, &deployment(name, "nginx:1.25", 1)).await;
+    }
+    w.ilert.wait_accepted(2, Duration::from_secs(60)).await;
+    let received = w.ilert.received();
+    let accepted = received.iter().filter(|r| r.status == 202).count() as f64;
+    let unavailable = received.iter().filter(|r| r.status == 503).count() as f64;
+    let named = w
+        .ilert
+        .accepted()
+        .iter()
+        .map(|e| {
+            e["customDetails"]
+                .get("rollouts")
+                .and_then(|r| r.as_array())
+                .map_or(1, Vec::len)
+        })
+        .sum::<usize>() as f64;
+
+    let (status, content_type, text) = get(&format!("{url}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "not OpenMetrics: {text}"
+    );
+    assert!(!text.contains(&w.key), "the key appears in metrics");
+    let m = parse_metrics(&text);
+    let v = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in:\n{text}"))
+    };
+    assert_eq!(
+        v(r#"ilert_rollout_requests_total{result="accepted"}"#),
+        accepted
+    );
+    assert_eq!(
+        v(r#"ilert_rollout_requests_total{result="unavailable"}"#),
+        unavailable
+    );
+    assert_eq!(
+        v(r#"ilert_rollout_events_total{outcome="Completed",result="sent"}"#),
+        named
+    );
+    assert_eq!(
+        v("ilert_rollout_send_duration_seconds_count"),
+        accepted + unavailable
+    );
+    assert_eq!(v("ilert_rollout_leader"), 1.0);
+    assert!(v("ilert_rollout_watched_workloads") >= 2.0);
+    assert!(v("ilert_rollout_reconciles_total") >= 2.0);
+    let pending_key = format!(
+        r#"ilert_rollout_pending_events{{pipeline="{}/{PIPELINE}"}}"#,
+        w.ns.name
+    );
+    eventually(Duration::from_secs(5), "pending gauge at 0", || async {
+        let m = parse_metrics(&get(&format!("{url}/metrics")).await.2);
+        (m.get(&pending_key) == Some(&0.0)).then_some(())
+    })
+    .await;
+}
+
+/// Which of the controllers holds the lease, by its own metric.
+async fn leader_of(controllers: &[&Controller]) -> Option<usize> {
+    for (i, c) in controllers.iter().enumerate() {
+        let (_, _, text) = get(&format!("{}/metrics", c.ops_url())).await;
+        if parse_metrics(&text).get("ilert_rollout_leader") == Some(&1.0) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn two_replicas_one_sends_and_the_standby_takes_over_without_loss() {
+    let mut w = World::new("failover", true, None, &["--rate-limit-per-minute", "1000"]).await;
+    let mut b = Controller::start_named(
+        &w.ns.name,
+        &w.ilert,
+        &["--rate-limit-per-minute", "1000"],
+        "b",
+    );
+    b.wait_ready().await;
+    // A slow ilert keeps requests in flight while the leader dies.
+    w.ilert.set_delay(Duration::from_millis(150));
+    let first = eventually(Duration::from_secs(20), "a leader", || async {
+        leader_of(&[&w.controller, &b]).await
+    })
+    .await;
+
+    let names: Vec<String> = (0..12).map(|i| format!("burst-{i:02}")).collect();
+    for n in &names {
+        apply(&w.deployments, n, &deployment(n, "nginx:1.25", 1)).await;
+    }
+    w.ilert.wait_accepted(3, Duration::from_secs(60)).await;
+    let killed_at = Instant::now();
+    if first == 0 {
+        w.controller.kill()
+    } else {
+        b.kill()
+    }
+    let survivor: &Controller = if first == 0 { &b } else { &w.controller };
+    eventually(Duration::from_secs(90), "all 12 rollouts named", || async {
+        let text: String = w.ilert.accepted().iter().map(|e| e.to_string()).collect();
+        names
+            .iter()
+            .all(|n| text.contains(&format!("\"name\":\"{n}\"")))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        leader_of(&[survivor]).await,
+        Some(0),
+        "the standby leads now"
+    );
+    let after_kill = w
+        .ilert
+        .received()
+        .into_iter()
+        .find(|r| r.at > killed_at + Duration::from_millis(200));
+    if let Some(r) = after_kill {
+        assert!(
+            r.at - killed_at < Duration::from_secs(10),
+            "takeover took {:?}",
+            r.at - killed_at
+        );
+    }
+    let text: String = w.ilert.accepted().iter().map(|e| e.to_string()).collect();
+    let duplicates: Vec<&String> = names
+        .iter()
+        .filter(|n| text.matches(&format!("\"name\":\"{n}\"")).count() > 1)
+        .collect();
+    // DESIGN: only a kill between ilert's 202 and the ledger write may repeat one event.
+    assert!(duplicates.len() <= 1, "sent twice: {duplicates:?}");
+    w.ilert.assert_schema_valid();
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_releases_the_lease_for_an_immediate_takeover() {
+    let mut w = World::new("sigterm", true, None, &[]).await;
+    let mut b = Controller::start_named(&w.ns.name, &w.ilert, &[], "b");
+    b.wait_ready().await;
+    let first = eventually(Duration::from_secs(20), "a leader", || async {
+        leader_of(&[&w.controller, &b]).await
+    })
+    .await;
+    let took = if first == 0 {
+        w.controller.terminate()
+    } else {
+        b.terminate()
+    };
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+    let survivor: &Controller = if first == 0 { &b } else { &w.controller };
+    let stopped = if first == 0 { &w.controller } else { &b };
+    assert!(
+        stopped.logs().contains("lease released"),
+        "the stopping leader released its lease"
+    );
+    let started = Instant::now();
+    eventually(Duration::from_secs(10), "the standby leads", || async {
+        leader_of(&[survivor]).await
+    })
+    .await;
+    let takeover = started.elapsed();
+    apply(&w.deployments, "api", &deployment("api", "nginx:1.25", 1)).await;
+    w.ilert.wait_accepted(1, Duration::from_secs(60)).await;
+    assert_no_more_than(&w.ilert, 1, Duration::from_secs(2)).await;
+    println!("SIGTERM exit {took:?}, standby took over {takeover:?} after");
+}
