@@ -11,9 +11,12 @@ build:
 test: cluster-build
 	tests/run.sh
 
-lint:
+## Formatting, clippy, the Helm chart and the Dockerfile.
+lint: cluster-build
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$$(tests/cluster/build.sh print-bin-dirs | sed -n 's/^HELM_BIN=//p')/helm lint charts/ilert-rollout-controller
+	$$(tests/tools.sh)/hadolint Dockerfile
 
 fmt:
 	$(CARGO) fmt
@@ -21,6 +24,7 @@ fmt:
 ## Regenerates the CRD YAML from the Rust types.
 crds:
 	$(CARGO) run --quiet -- crds > crds/ilert.com_ilertpipelines.yaml
+	cp crds/ilert.com_ilertpipelines.yaml charts/ilert-rollout-controller/crds/
 
 cluster-build:
 	tests/cluster/build.sh

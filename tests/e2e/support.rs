@@ -84,6 +84,101 @@ where
     }
 }
 
+static IDENTITIES: std::sync::OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> =
+    std::sync::OnceLock::new();
+
+fn lock_identities() -> std::sync::MutexGuard<'static, std::collections::HashMap<String, PathBuf>> {
+    IDENTITIES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn release_name(ns: &str) -> String {
+    format!("irc-{ns}")
+}
+
+/// The chart's ServiceAccount name for the test release in `ns`.
+pub fn chart_service_account(ns: &str) -> String {
+    format!("{}-ilert-rollout-controller", release_name(ns))
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs the Helm chart into `ns` (its RBAC, ServiceAccount; no pods) and returns a kubeconfig
+/// that authenticates as the chart's ServiceAccount with a token from the TokenRequest API, so
+/// the controller runs under exactly the chart's permissions. Once per namespace.
+pub fn chart_identity(ns: &str) -> PathBuf {
+    if let Some(p) = lock_identities().get(ns) {
+        return p.clone();
+    }
+    let helm = format!("{REPO}/target/cluster/bin/helm");
+    let kubectl = format!("{REPO}/target/cluster/bin/kubectl");
+    let chart = format!("{REPO}/charts/ilert-rollout-controller");
+    run(
+        &helm,
+        &[
+            "install",
+            &release_name(ns),
+            &chart,
+            "-n",
+            ns,
+            "--skip-crds",
+            "--set",
+            "replicaCount=0",
+            "--set",
+            "podDisruptionBudget.enabled=false",
+        ],
+    );
+    // Only the chart's RBAC and ServiceAccount are needed here: the test runs the controller
+    // itself. The chart's own Deployment would be one more workload for the test's pipeline.
+    run(
+        &kubectl,
+        &["delete", "deployment", &chart_service_account(ns), "-n", ns],
+    );
+    let token = run(
+        &kubectl,
+        &[
+            "create",
+            "token",
+            &chart_service_account(ns),
+            "-n",
+            ns,
+            "--duration",
+            "2h",
+        ],
+    );
+    let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+    let admin: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "controller", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "controller", "context": {"cluster": "local", "user": "controller", "namespace": ns}}],
+        "current-context": "controller",
+    });
+    let dir = PathBuf::from(REPO).join("target/e2e-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{ns}.kubeconfig"));
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    lock_identities().insert(ns.to_string(), path.clone());
+    path
+}
+
 /// A namespace of its own for one test, deleted when dropped.
 pub struct TestNamespace {
     pub name: String,
@@ -119,6 +214,13 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        if lock_identities().remove(&self.name).is_some() {
+            let _ = Command::new(format!("{REPO}/target/cluster/bin/helm"))
+                .args(["uninstall", &release_name(&self.name), "-n", &self.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let kubectl = format!("{REPO}/target/cluster/bin/kubectl");
         let _ = Command::new(kubectl)
             .args([
@@ -304,6 +406,8 @@ async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: Strin
 
 /// The controller, run as the real built binary with real flags.
 pub struct Controller {
+    /// Authenticates as the chart's ServiceAccount.
+    pub kubeconfig: PathBuf,
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<String>,
@@ -342,7 +446,9 @@ impl Controller {
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(REPO).join("target/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = chart_identity(ns);
         let mut c = Controller {
+            kubeconfig,
             child: None,
             log: dir.join(format!("{ns}-{replica}.log")),
             args,
