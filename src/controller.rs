@@ -1330,7 +1330,8 @@ impl StatusWriter {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return,
                 Err(e) => {
-                    debug!(error = %e, "could not write pipeline status; will retry");
+                    self.shared.metrics.error("status");
+                    warn!(error = %e, "could not write pipeline status; will retry");
                     lock(&self.stats).dirty = true;
                 }
             }

@@ -96,10 +96,11 @@ pub async fn wait_revision_complete(api: &Api<Deployment>, name: &str, rev: &str
 
 /// One test's world: a namespace with the key Secret and a pipeline, a fake ilert, a controller.
 pub struct World {
+    // Dropped first: the controller stops before its namespace and RBAC go away.
+    pub controller: Controller,
     pub client: Client,
     pub ns: TestNamespace,
     pub ilert: FakeIlert,
-    pub controller: Controller,
     pub key: String,
     pub deployments: Api<Deployment>,
     pub pipelines: Api<IlertPipeline>,
@@ -115,6 +116,17 @@ impl World {
         pipeline_spec: Option<Value>,
         extra_args: &[&str],
     ) -> World {
+        Self::build(prefix, secret, pipeline_spec, extra_args, &[]).await
+    }
+
+    /// As `new`, with extra environment for the controller process.
+    pub async fn build(
+        prefix: &str,
+        secret: bool,
+        pipeline_spec: Option<Value>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> World {
         let client = client().await;
         install_crd(&client).await;
         let ns = TestNamespace::new(&client, prefix).await;
@@ -128,6 +140,13 @@ impl World {
             pipeline_spec.unwrap_or_else(|| json!({"integrationKeySecretRef": {"name": "ilert"}}));
         create_pipeline(&pipelines, &ns.name, PIPELINE, spec).await;
         let mut controller = Controller::start(&ns.name, &ilert, extra_args);
+        if !env.is_empty() {
+            controller.env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            controller.restart();
+        }
         controller.wait_ready().await;
         let deployments = Api::namespaced(client.clone(), &ns.name);
         World {

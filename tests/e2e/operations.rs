@@ -216,3 +216,27 @@ async fn sigterm_finishes_and_releases_the_lease_for_an_immediate_takeover() {
     assert_no_more_than(&w.ilert, 1, Duration::from_secs(2)).await;
     println!("SIGTERM exit {took:?}, standby took over {takeover:?} after");
 }
+
+#[tokio::test]
+async fn an_egress_proxy_from_the_environment_is_honoured() {
+    // ilert's address does not resolve: the event can only arrive through the proxy, which the
+    // fake plays (a proxied plain-HTTP request carries the absolute URL; the path routes as usual).
+    let proxy = FakeIlert::start().await;
+    let env = [
+        ("HTTP_PROXY", proxy.url.as_str()),
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
+    ];
+    let w = World::build(
+        "proxy",
+        true,
+        None,
+        &["--api-url", "http://ilert.invalid"],
+        &env,
+    )
+    .await;
+    apply(&w.deployments, "api", &deployment("api", "nginx:1.25", 1)).await;
+    let events = proxy.wait_accepted(1, Duration::from_secs(60)).await;
+    assert_eq!(events[0]["customDetails"]["name"], "api");
+    assert!(w.ilert.received().is_empty());
+}

@@ -408,6 +408,8 @@ async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: Strin
 pub struct Controller {
     /// Authenticates as the chart's ServiceAccount.
     pub kubeconfig: PathBuf,
+    /// Extra environment of the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<String>,
@@ -424,8 +426,6 @@ impl Controller {
     pub fn start_named(ns: &str, ilert: &FakeIlert, extra: &[&str], replica: &str) -> Self {
         let mut args: Vec<String> = vec![
             "run".into(),
-            "--api-url".into(),
-            ilert.url.clone(),
             "--cluster-name".into(),
             "e2e".into(),
             "--namespace".into(),
@@ -443,12 +443,16 @@ impl Controller {
             "--lease-grace-seconds".into(),
             "2".into(),
         ];
+        if !extra.contains(&"--api-url") {
+            args.extend(["--api-url".to_string(), ilert.url.clone()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(REPO).join("target/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = chart_identity(ns);
         let mut c = Controller {
             kubeconfig,
+            env: Vec::new(),
             child: None,
             log: dir.join(format!("{ns}-{replica}.log")),
             args,
@@ -470,6 +474,9 @@ impl Controller {
                 self.log.file_stem().unwrap().to_string_lossy().to_string(),
             )
             .env("RUST_LOG", "info,ilert_rollout_controller=debug")
+            // The chart's ServiceAccount, never the admin identity of the test process.
+            .env("KUBECONFIG", &self.kubeconfig)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
