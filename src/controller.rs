@@ -27,11 +27,15 @@ use crate::ilert::{IlertClient, IntegrationKey, SendError};
 use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times};
 use crate::metrics::{Metrics, PipelineLabels};
 use crate::pacing::{Budget, Plan, backoff, retry_after};
-use crate::pipeline::{IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent};
+use crate::pipeline::{
+    IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent, TestEventStatus,
+};
 use crate::report::{self, DeploymentEvent};
 use crate::rollout::{History, Rollout, WorkloadView};
 
 pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
+/// Annotating a pipeline with a new value of this sends one test event.
+pub const TEST_EVENT_ANNOTATION: &str = "ilert.com/test-event";
 
 /// Settings of one controller instance.
 #[derive(Clone, Debug)]
@@ -93,6 +97,7 @@ struct Stats {
     failed: u64,
     pending: u64,
     last_event: Option<LastEvent>,
+    test_event: Option<TestEventStatus>,
     config_problem: Option<Problem>,
     delivery_problem: Option<Problem>,
     suspended: bool,
@@ -160,6 +165,9 @@ struct PipelineHandle {
     reference: ObjectReference,
     /// The status as last seen in the watch: a new leader continues its counters.
     last_status: IlertPipelineStatus,
+    /// The `ilert.com/test-event` annotation, and the value already queued.
+    test_value: Option<String>,
+    test_claimed: Option<String>,
     created: Timestamp,
     spec_tx: watch::Sender<IlertPipelineSpec>,
     selection: Option<Selection>,
@@ -190,6 +198,7 @@ impl PipelineHandle {
             s.sent = self.last_status.events_sent;
             s.failed = self.last_status.events_failed;
             s.last_event = self.last_status.last_event.clone();
+            s.test_event = self.last_status.test_event.clone();
             s.dirty = true;
         }
         let sender = Sender {
@@ -374,6 +383,10 @@ pub async fn run(
         readiness,
         leading: false,
     };
+    // Without leader election the channel starts (and stays) true: no change would announce it.
+    if *signals.leader.borrow_and_update() {
+        brain.set_leading(true).await;
+    }
     loop {
         tokio::select! {
             input = inputs.next() => match input {
@@ -442,8 +455,13 @@ impl Brain {
             tokio::time::sleep(backoff(attempt, Duration::from_secs(10), jitter())).await;
         }
         self.leading = true;
-        for h in self.pipelines.values_mut() {
-            h.start(&self.shared);
+        let uids: Vec<String> = self.pipelines.keys().cloned().collect();
+        for uid in &uids {
+            if let Some(h) = self.pipelines.get_mut(uid) {
+                h.test_claimed = None;
+                h.start(&self.shared);
+            }
+            self.maybe_test_event(uid);
         }
         self.after_resync().await;
     }
@@ -656,6 +674,7 @@ impl Brain {
         let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         if let Some(h) = self.pipelines.get_mut(&uid) {
             h.last_status = p.status.clone().unwrap_or_default();
+            h.test_value = p.annotations().get(TEST_EVENT_ANNOTATION).cloned();
             // Status writes come back as watch events: wake the sender only for a real spec change.
             h.spec_tx.send_if_modified(|spec| {
                 let changed = *spec != p.spec;
@@ -665,12 +684,20 @@ impl Brain {
                 changed
             });
             let mut s = lock(&h.stats);
-            s.generation = p.metadata.generation;
-            s.suspended = p.spec.suspend;
-            s.config_problem = sel.as_ref().err().cloned();
-            s.dirty = true;
+            let problem = sel.as_ref().err().cloned();
+            // Our own status writes come back here: only a real change needs another write.
+            if s.generation != p.metadata.generation
+                || s.suspended != p.spec.suspend
+                || s.config_problem != problem
+            {
+                s.generation = p.metadata.generation;
+                s.suspended = p.spec.suspend;
+                s.config_problem = problem;
+                s.dirty = true;
+            }
             drop(s);
             h.selection = sel.ok();
+            self.maybe_test_event(&uid);
             return uid;
         }
         let stats = Arc::new(Mutex::new(Stats {
@@ -694,6 +721,8 @@ impl Brain {
             name: p.name_any(),
             reference: p.object_ref(&()),
             last_status: p.status.clone().unwrap_or_default(),
+            test_value: p.annotations().get(TEST_EVENT_ANNOTATION).cloned(),
+            test_claimed: None,
             created,
             spec_tx,
             selection: sel.ok(),
@@ -706,6 +735,7 @@ impl Brain {
             handle.start(&self.shared);
         }
         self.pipelines.insert(uid.clone(), handle);
+        self.maybe_test_event(&uid);
         uid
     }
 
@@ -810,6 +840,7 @@ impl Brain {
                 workload: w.reference(),
                 event: None,
                 reported_outcome: None,
+                test: None,
             },
         );
         {
@@ -830,21 +861,82 @@ impl Brain {
                 workload: view.reference(),
                 event: Some(event),
                 reported_outcome: Some(rollout.outcome),
+                test: None,
             };
-            // Mark pending before sending: from here on a crash cannot lose it.
-            let mut attempt = 0;
-            while let Err(e) = shared
-                .ledger
-                .persist(&pipeline_uid, &[(key.clone(), entry.clone())])
-                .await
-            {
-                attempt += 1;
-                warn!(error = %e, workload = %view.reference(), "could not record a pending event; retrying");
-                tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
-            }
-            outbox.push(QueuedEvent { key, entry });
+            record_and_queue(&shared, &outbox, &pipeline_uid, key, entry).await;
         });
     }
+
+    /// A new `ilert.com/test-event` value on a pipeline: one test event through the real path.
+    fn maybe_test_event(&mut self, pipeline_uid: &str) {
+        if !self.leading {
+            return;
+        }
+        let Some(h) = self.pipelines.get_mut(pipeline_uid) else {
+            return;
+        };
+        let Some(value) = h.test_value.clone() else {
+            return;
+        };
+        let answered = h
+            .last_status
+            .test_event
+            .as_ref()
+            .is_some_and(|t| t.value == value);
+        if answered || h.test_claimed.as_deref() == Some(value.as_str()) {
+            return;
+        }
+        h.test_claimed = Some(value.clone());
+        let key = RolloutKey::test_event(&value);
+        if self.shared.ledger.contains(pipeline_uid, &key) {
+            return;
+        }
+        let pipeline = format!("{}/{}", h.namespace, h.name);
+        info!(pipeline = %pipeline, value = %value, "test event requested");
+        let entry = Entry {
+            state: State::Pending,
+            workload: format!("IlertPipeline/{pipeline}"),
+            event: Some(report::test_event(
+                &pipeline,
+                &self.shared.cfg.cluster_name,
+                &value,
+                Timestamp::now(),
+            )),
+            reported_outcome: None,
+            test: Some(value),
+        };
+        self.shared
+            .ledger
+            .claim(pipeline_uid, key.clone(), entry.clone());
+        let (shared, outbox, uid) = (
+            self.shared.clone(),
+            h.outbox.clone(),
+            pipeline_uid.to_string(),
+        );
+        tokio::spawn(async move { record_and_queue(&shared, &outbox, &uid, key, entry).await });
+    }
+}
+
+/// Marks an event pending in the ledger, then queues it: from here on a crash cannot lose it.
+async fn record_and_queue(
+    shared: &Shared,
+    outbox: &Outbox,
+    pipeline_uid: &str,
+    key: RolloutKey,
+    entry: Entry,
+) {
+    let mut attempt = 0;
+    while let Err(e) = shared
+        .ledger
+        .persist(pipeline_uid, &[(key.clone(), entry.clone())])
+        .await
+    {
+        attempt += 1;
+        shared.metrics.error("ledger");
+        warn!(error = %e, workload = %entry.workload, "could not record a pending event; retrying");
+        tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
+    }
+    outbox.push(QueuedEvent { key, entry });
 }
 
 /// Reads the ReplicaSets of a workload: rollback detection, previous images, start time.
@@ -1035,6 +1127,7 @@ impl Sender {
                         self.outbox.len()
                     );
                     warn!(pipeline = %self.name(), error = %message, "integration key rejected");
+                    self.tests_rejected(batch, &e.to_string()).await;
                     self.set_problem(Some(Problem {
                         reason: "IntegrationKeyRejected",
                         message,
@@ -1046,9 +1139,10 @@ impl Sender {
                     let message = format!("{e}; not retried: {}", names.join(", "));
                     warn!(pipeline = %self.name(), error = %message, "event rejected");
                     self.finish(batch, State::Failed).await;
+                    self.tests_rejected(batch, &e.to_string()).await;
                     {
                         let mut s = lock(&self.stats);
-                        s.failed += batch.len() as u64;
+                        s.failed += batch.iter().filter(|(_, e)| e.test.is_none()).count() as u64;
                         s.dirty = true;
                     }
                     self.publish(EventType::Warning, "EventRejected", &message)
@@ -1153,6 +1247,7 @@ impl Sender {
                         workload: e.workload.clone(),
                         event: None,
                         reported_outcome: e.reported_outcome,
+                        test: e.test.clone(),
                     },
                 )
             })
@@ -1171,7 +1266,7 @@ impl Sender {
         } else {
             "failed"
         };
-        for (k, e) in batch {
+        for (k, e) in batch.iter().filter(|(_, e)| e.test.is_none()) {
             self.shared
                 .metrics
                 .event(e.reported_outcome.unwrap_or(k.outcome).as_str(), result)
@@ -1180,6 +1275,14 @@ impl Sender {
     }
 
     async fn delivered(&self, batch: &[(RolloutKey, Entry)]) {
+        let (tests, rollouts): (Vec<_>, Vec<_>) =
+            batch.iter().cloned().partition(|(_, e)| e.test.is_some());
+        for (_, e) in &tests {
+            let value = e.test.clone().unwrap_or_default();
+            self.test_result(&value, "Accepted", "ilert accepted the test event")
+                .await;
+        }
+        let batch = &rollouts[..];
         let Some((last_key, last)) = batch.last() else {
             return;
         };
@@ -1210,6 +1313,37 @@ impl Sender {
         };
         info!(pipeline = %self.name(), "{note}");
         self.publish(EventType::Normal, "Delivered", &note).await;
+    }
+
+    /// Records what ilert said to a test event, in status and as a Kubernetes Event.
+    async fn test_result(&self, value: &str, result: &str, message: &str) {
+        {
+            let mut s = lock(&self.stats);
+            s.test_event = Some(TestEventStatus {
+                value: value.to_string(),
+                result: result.to_string(),
+                message: message.to_string(),
+                at: Timestamp::now().to_string(),
+            });
+            s.dirty = true;
+        }
+        let (type_, reason) = if result == "Accepted" {
+            (EventType::Normal, "TestEventDelivered")
+        } else {
+            (EventType::Warning, "TestEventRejected")
+        };
+        info!(pipeline = %self.name(), value, result, "test event: {message}");
+        self.publish(type_, reason, &format!("Test event {value:?}: {message}"))
+            .await;
+    }
+
+    /// Test events in a batch ilert refused get their answer recorded.
+    async fn tests_rejected(&self, batch: &[(RolloutKey, Entry)], message: &str) {
+        for (_, e) in batch {
+            if let Some(value) = &e.test {
+                self.test_result(value, "Rejected", message).await;
+            }
+        }
     }
 
     async fn set_problem(&self, problem: Option<Problem>) {
@@ -1305,6 +1439,7 @@ impl StatusWriter {
                     events_failed: s.failed,
                     pending_events: s.pending.max(self.outbox.len() as u64),
                     last_event: s.last_event.clone(),
+                    test_event: s.test_event.clone(),
                 };
                 (status, s.config_problem.clone())
             };

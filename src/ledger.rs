@@ -45,6 +45,9 @@ pub struct Entry {
     /// The outcome as reported (RolledBack refines Completed).
     #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
     pub reported_outcome: Option<Outcome>,
+    /// Set for a test event: the annotation value it answers.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
 }
 
 /// Identity of one rollout outcome of one workload.
@@ -61,6 +64,18 @@ impl RolloutKey {
             workload_uid: workload_uid.to_string(),
             revision: finished.revision,
             outcome: finished.outcome,
+        }
+    }
+
+    /// The key of the test event for an annotation value (any characters; hashed to fit a key).
+    pub fn test_event(value: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        RolloutKey {
+            workload_uid: format!("test-event-{:016x}", h.finish()),
+            revision: 0,
+            outcome: Outcome::Completed,
         }
     }
 
@@ -242,6 +257,12 @@ impl Ledger {
             .map(|(k, _)| k)
         });
         decide(known, key, times)
+    }
+
+    pub fn contains(&self, pipeline: &str, key: &RolloutKey) -> bool {
+        self.lock()
+            .get(pipeline)
+            .is_some_and(|m| m.contains_key(key))
     }
 
     /// Claims `key` in memory (so it is not enqueued twice); persisted by [`Ledger::persist`].

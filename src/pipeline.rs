@@ -137,6 +137,24 @@ pub struct IlertPipelineStatus {
     /// The last rollout ilert accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
+
+    /// The outcome of the last test event (annotation `ilert.com/test-event`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_event: Option<TestEventStatus>,
+}
+
+/// Annotating a pipeline with `ilert.com/test-event=<any new value>` sends one test event through
+/// the real delivery path; each value is sent once.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestEventStatus {
+    /// The annotation value that was sent.
+    pub value: String,
+    /// Accepted, or Rejected (with ilert's error in message).
+    pub result: String,
+    pub message: String,
+    /// When ilert answered (RFC 3339).
+    pub at: String,
 }
 
 /// The last rollout ilert accepted for this pipeline.

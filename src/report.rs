@@ -147,6 +147,39 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
     d
 }
 
+/// A clearly marked test event for a pipeline (annotation `ilert.com/test-event`).
+pub fn test_event(
+    pipeline: &str,
+    cluster: &str,
+    value: &str,
+    now: jiff::Timestamp,
+) -> DeploymentEvent {
+    let on = if cluster.is_empty() {
+        String::new()
+    } else {
+        format!(" on {cluster}")
+    };
+    let mut d = Map::new();
+    d.insert("test".into(), json!(true));
+    d.insert("pipeline".into(), json!(pipeline));
+    d.insert("value".into(), json!(value));
+    if !cluster.is_empty() {
+        d.insert("cluster".into(), json!(cluster));
+    }
+    DeploymentEvent {
+        summary: truncate(
+            &format!(
+                "Test event from ilert-rollout-controller{on}: IlertPipeline {pipeline} reaches ilert (not a deployment)"
+            ),
+            MAX_SUMMARY_CHARS,
+        ),
+        timestamp: now.as_millisecond(),
+        custom_details: d,
+        links: Vec::new(),
+        user_email: None,
+    }
+}
+
 /// One event that names every rollout in `events`, for when more wait than the rate budget allows.
 /// `events` must not be empty; its order is kept.
 pub fn combine(events: &[DeploymentEvent], cluster: &str) -> DeploymentEvent {

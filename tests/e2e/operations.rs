@@ -240,3 +240,84 @@ async fn an_egress_proxy_from_the_environment_is_honoured() {
     assert_eq!(events[0]["customDetails"]["name"], "api");
     assert!(w.ilert.received().is_empty());
 }
+
+async fn annotate_test_event(w: &World, value: &str) {
+    let patch = json!({"metadata": {"annotations": {"ilert.com/test-event": value}}});
+    w.pipelines
+        .patch(
+            PIPELINE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotate pipeline");
+}
+
+async fn test_event_result(
+    w: &World,
+    value: &str,
+) -> ilert_rollout_controller::pipeline::TestEventStatus {
+    eventually(
+        Duration::from_secs(30),
+        &format!("test event {value} answered"),
+        || async {
+            let t = w.pipeline().await.status?.test_event?;
+            (t.value == value).then_some(t)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_test_event_is_sent_once_per_annotation_value_and_its_answer_recorded() {
+    // Without leader election, as a single-replica install would run.
+    let mut w = World::new("testevent", true, None, &["--leader-elect=false"]).await;
+    annotate_test_event(&w, "1").await;
+    let events = w.ilert.wait_accepted(1, Duration::from_secs(30)).await;
+    assert_eq!(events[0]["customDetails"]["test"], true);
+    assert!(
+        events[0]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Test event from ilert-rollout-controller")
+    );
+    let t = test_event_result(&w, "1").await;
+    assert_eq!(t.result, "Accepted");
+    eventually(
+        Duration::from_secs(10),
+        "a TestEventDelivered Event",
+        || async {
+            w.events()
+                .await
+                .into_iter()
+                .find(|e| e.starts_with("Normal TestEventDelivered"))
+        },
+    )
+    .await;
+    // The same value again, or a restart: nothing more.
+    annotate_test_event(&w, "1").await;
+    w.controller.restart();
+    w.controller.wait_ready().await;
+    assert_no_more_than(&w.ilert, 1, Duration::from_secs(3)).await;
+    assert_eq!(
+        w.pipeline().await.status.unwrap().events_sent,
+        0,
+        "a test event is not a rollout"
+    );
+
+    // A new value while ilert refuses the key: the answer is recorded.
+    w.ilert.script([Reply::Status(
+        401,
+        json!({"status": 401, "message": "Invalid integration key", "code": "UNAUTHORIZED"}),
+    )]);
+    annotate_test_event(&w, "2").await;
+    let t = test_event_result(&w, "2").await;
+    assert_eq!(t.result, "Rejected");
+    assert!(
+        t.message.contains("401") && t.message.contains("Invalid integration key"),
+        "{}",
+        t.message
+    );
+    w.ilert.assert_schema_valid();
+    w.assert_key_never_leaked().await;
+}
