@@ -2,10 +2,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: build test lint fmt crds cluster-build cluster-up cluster-down fixtures
+.PHONY: build test demo lint fmt crds cluster-build cluster-up cluster-down fixtures
 
 build:
 	$(CARGO) build --release
+
+## A short story on a local control plane: rollouts become ilert events before your eyes.
+demo:
+	demo/run.sh
 
 ## Builds the control plane binaries if missing, starts it, runs every test, stops it again.
 test: cluster-build
