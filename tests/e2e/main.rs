@@ -4,6 +4,7 @@
 mod chart;
 mod cluster;
 mod controller;
+mod docs;
 mod examples;
 mod operations;
 mod support;
