@@ -38,7 +38,7 @@ else
 fi
 export KUBECONFIG="$repo/target/cluster/kubeconfig"
 kubectl() { "$repo/target/cluster/bin/kubectl" "$@"; }
-"$bin" crds | kubectl apply -f - >/dev/null
+"$bin" crds | kubectl apply --server-side --force-conflicts -f - >/dev/null
 kubectl wait --for=condition=Established crd/ilertpipelines.ilert.com --timeout=30s >/dev/null
 kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$NS" >/dev/null

@@ -1312,7 +1312,20 @@ impl Sender {
             )
         };
         info!(pipeline = %self.name(), "{note}");
-        self.publish(EventType::Normal, "Delivered", &note).await;
+        // Related to the workload, so each workload's deliveries form their own Event series
+        // instead of folding into one series under the first note.
+        let related = (batch.len() == 1)
+            .then(|| workload_reference(&last.workload))
+            .flatten();
+        publish(
+            &self.shared.recorder,
+            &self.reference,
+            EventType::Normal,
+            "Delivered",
+            &note,
+            related,
+        )
+        .await;
     }
 
     /// Records what ilert said to a test event, in status and as a Kubernetes Event.
@@ -1364,8 +1377,29 @@ impl Sender {
     }
 
     async fn publish(&self, type_: EventType, reason: &str, note: &str) {
-        publish(&self.shared.recorder, &self.reference, type_, reason, note).await;
+        publish(
+            &self.shared.recorder,
+            &self.reference,
+            type_,
+            reason,
+            note,
+            None,
+        )
+        .await;
     }
+}
+
+/// `Kind/namespace/name` -> a reference to that workload.
+fn workload_reference(workload: &str) -> Option<ObjectReference> {
+    let mut parts = workload.splitn(3, '/');
+    let (kind, namespace, name) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some(kind.into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        ..Default::default()
+    })
 }
 
 async fn publish(
@@ -1374,6 +1408,7 @@ async fn publish(
     type_: EventType,
     reason: &str,
     note: &str,
+    related: Option<ObjectReference>,
 ) {
     let ev = KubeEvent {
         type_,
@@ -1384,7 +1419,7 @@ async fn publish(
         } else {
             "Deliver".into()
         },
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = recorder.publish(&ev, reference).await {
         debug!(error = %e, "could not record a Kubernetes Event");
@@ -1452,6 +1487,7 @@ impl StatusWriter {
                         EventType::Warning,
                         p.reason,
                         &p.message,
+                        None,
                     )
                     .await;
                 }
