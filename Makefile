@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: build test demo lint fmt crds cluster-build cluster-up cluster-down fixtures
+.PHONY: build test demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
 
 build:
 	$(CARGO) build --release
@@ -16,6 +16,10 @@ test: cluster-build
 	tests/run.sh
 
 ## Formatting, clippy, the Helm chart and the Dockerfile.
+## N Deployments rolling out at once (BENCH_N=100,1000,5000 by default); report in target/bench/.
+bench: cluster-build
+	tests/run.sh bench
+
 lint: cluster-build
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

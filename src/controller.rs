@@ -1317,15 +1317,19 @@ impl Sender {
         let related = (batch.len() == 1)
             .then(|| workload_reference(&last.workload))
             .flatten();
-        publish(
-            &self.shared.recorder,
-            &self.reference,
-            EventType::Normal,
-            "Delivered",
-            &note,
-            related,
-        )
-        .await;
+        // Off the send path: recording the Event is one more API request per delivery.
+        let (recorder, reference) = (self.shared.recorder.clone(), self.reference.clone());
+        tokio::spawn(async move {
+            publish(
+                &recorder,
+                &reference,
+                EventType::Normal,
+                "Delivered",
+                &note,
+                related,
+            )
+            .await;
+        });
     }
 
     /// Records what ilert said to a test event, in status and as a Kubernetes Event.

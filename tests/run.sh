@@ -10,7 +10,11 @@ if [[ ! -f target/cluster/state-dir ]]; then
   own=1
 fi
 export KUBECONFIG="$repo/target/cluster/kubeconfig"
-cargo test --all-targets -- ${TEST_ARGS:-}
+if [[ "${1:-test}" == bench ]]; then
+  cargo bench --bench rollouts
+else
+  cargo test --lib --bins --tests -- ${TEST_ARGS:-}
+fi
 rc=$?
 if [[ $own == 1 ]]; then tests/cluster/down.sh; fi
 exit $rc

@@ -497,6 +497,11 @@ impl Controller {
         self.spawn();
     }
 
+    /// The process id of the running controller.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

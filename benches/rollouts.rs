@@ -1,0 +1,323 @@
+//! `make bench`: the controller on the real local control plane, N Deployments rolling out at
+//! once, against the floor of a bare watch. Prints a table and writes target/bench/report.md.
+//! N from BENCH_N (comma-separated), default 100,1000,5000.
+
+#[allow(dead_code)]
+#[path = "../tests/e2e/support.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use ilert_rollout_controller::pipeline::IlertPipeline;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use support::*;
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": image}]}}
+        }
+    })
+}
+
+fn complete_at(d: &Deployment, revision: &str) -> bool {
+    let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
+        return false;
+    };
+    let rev = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deployment.kubernetes.io/revision"));
+    rev.map(String::as_str) == Some(revision)
+        && status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && status.updated_replicas.unwrap_or(0) == spec.replicas.unwrap_or(1)
+        && status.replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
+        && status.available_replicas.unwrap_or(0) == status.updated_replicas.unwrap_or(0)
+        && status.conditions.iter().flatten().any(|c| {
+            c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable")
+        })
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Row {
+    n: usize,
+    ready_s: f64,
+    rss_idle_mib: f64,
+    rss_peak_mib: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+    cpu_per_1000: f64,
+    idle_cpu_per_hour: f64,
+    requests: usize,
+}
+
+async fn run(n: usize) -> Row {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, &format!("bench-{n}")).await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let names: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
+    let t = Instant::now();
+    stream::iter(names.iter().map(|name| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                name,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(deployment(name, "nginx:1.25")),
+            )
+            .await
+            .expect("create")
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await;
+    eventually(
+        Duration::from_secs(600),
+        &format!("{n} Deployments complete"),
+        || async {
+            let list = api.list(&Default::default()).await.ok()?;
+            (list.items.iter().filter(|d| complete_at(d, "1")).count() == n).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "[bench N={n}] {n} Deployments rolled out in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    create_secret(&client, &ns.name, "ilert", "integrationKey", "ilapid-bench").await;
+    let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), &ns.name);
+    let body = json!({
+        "apiVersion": "ilert.com/v1alpha1", "kind": "IlertPipeline",
+        "metadata": {"name": "bench", "labels": {"e2e-ns": ns.name}},
+        "spec": {"integrationKeySecretRef": {"name": "ilert"}},
+    });
+    pipelines
+        .patch(
+            "bench",
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    let ilert = FakeIlert::start().await;
+    // Pacing lifted: the measure is the controller, not ilert's quota.
+    let mut controller =
+        Controller::start(&ns.name, &ilert, &["--rate-limit-per-minute", "1000000"]);
+    let started = Instant::now();
+    controller.wait_ready().await;
+    let ready_s = started.elapsed().as_secs_f64();
+    let pid = controller.pid().expect("pid");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_idle_mib = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let idle_window = Duration::from_secs(20);
+    let c0 = cpu_seconds(pid);
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu_per_hour = (cpu_seconds(pid) - c0) * 3600.0 / idle_window.as_secs_f64();
+
+    // The floor: a bare watch records when the API server shows each rollout complete.
+    let floor: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let floor = floor.clone();
+        let stream = watcher(api.clone(), watcher::Config::default())
+            .applied_objects()
+            .default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(d)) = stream.try_next().await {
+                if complete_at(&d, "2") {
+                    floor
+                        .lock()
+                        .unwrap()
+                        .entry(d.metadata.name.clone().unwrap())
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c1 = cpu_seconds(pid);
+    let t = Instant::now();
+    stream::iter(names.iter().map(|name| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                name,
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(deployment(name, "nginx:1.26")),
+            )
+            .await
+            .expect("roll out")
+        }
+    }))
+    .buffer_unordered(64)
+    .collect::<Vec<_>>()
+    .await;
+    let arrivals = eventually(Duration::from_secs(900), &format!("{n} events"), || async {
+        let mut seen: HashMap<String, Instant> = HashMap::new();
+        for r in ilert.received().iter().filter(|r| r.status == 202) {
+            let details = &r.body["customDetails"];
+            let rollouts = details
+                .get("rollouts")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_else(|| vec![details.clone()]);
+            for d in rollouts {
+                if d["revision"] == "2" {
+                    seen.entry(d["name"].as_str().unwrap_or_default().to_string())
+                        .or_insert(r.at);
+                }
+            }
+        }
+        (seen.len() == n).then_some(seen)
+    })
+    .await;
+    eprintln!(
+        "[bench N={n}] all {n} events arrived {:.1} s after the first patch",
+        t.elapsed().as_secs_f64()
+    );
+    let cpu_per_1000 = (cpu_seconds(pid) - c1) * 1000.0 / n as f64;
+    let rss_peak_mib = proc_field(pid, "VmHWM:") as f64 / 1024.0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watch.abort();
+    let floor = floor.lock().unwrap().clone();
+    let mut delays: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|(name, at)| {
+            floor
+                .get(name)
+                .map(|f| at.saturating_duration_since(*f).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "[bench N={n}] {} of {n} rollouts seen by both the bare watch and ilert",
+        delays.len()
+    );
+    let requests = ilert.received().len();
+    drop(controller);
+    Row {
+        n,
+        ready_s,
+        rss_idle_mib,
+        rss_peak_mib,
+        p50: percentile(&delays, 50.0),
+        p95: percentile(&delays, 95.0),
+        p99: percentile(&delays, 99.0),
+        max: delays.last().copied().unwrap_or(f64::NAN),
+        cpu_per_1000,
+        idle_cpu_per_hour,
+        requests,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let ns: Vec<usize> = std::env::var("BENCH_N")
+        .unwrap_or_else(|_| "100,1000,5000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for n in ns {
+        rows.push(run(n).await);
+    }
+    let mut table = String::from(
+        "| N | ready (s) | RSS idle (MiB) | RSS peak (MiB) | added delay p50 / p95 / p99 / max (ms) | CPU s per 1,000 rollouts | idle CPU s per hour | requests to ilert |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in &rows {
+        table.push_str(&format!(
+            "| {} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.2} | {:.1} | {} |\n",
+            r.n,
+            r.ready_s,
+            r.rss_idle_mib,
+            r.rss_peak_mib,
+            r.p50,
+            r.p95,
+            r.p99,
+            r.max,
+            r.cpu_per_1000,
+            r.idle_cpu_per_hour,
+            r.requests
+        ));
+    }
+    let machine = format!(
+        "{} cores, {} MiB RAM, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        proc_meminfo_mib(),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            )
+            .unwrap_or_default()
+    );
+    let report = format!(
+        "# Benchmark: rollouts to ilert events\n\nMachine: {machine}. Control plane: the local one of tests/cluster (kwok nodes).\nAdded delay: when the fake ilert received a rollout's event minus when a bare watch in the benchmark saw the rollout complete.\n\n{table}"
+    );
+    std::fs::create_dir_all(format!("{REPO}/target/bench")).unwrap();
+    std::fs::write(format!("{REPO}/target/bench/report.md"), &report).unwrap();
+    println!("{report}");
+}
+
+fn proc_meminfo_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        / 1024
+}
