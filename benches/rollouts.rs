@@ -30,6 +30,22 @@ fn deployment(name: &str, image: &str) -> Value {
     })
 }
 
+/// Applies every Deployment with `image`, 32 requests at a time.
+async fn apply_all(api: &Api<Deployment>, names: &[String], image: &str) {
+    stream::iter(names.iter().map(|name| async move {
+        api.patch(
+            name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(deployment(name, image)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await;
+}
+
 fn complete_at(d: &Deployment, revision: &str) -> bool {
     let (Some(spec), Some(status)) = (d.spec.as_ref(), d.status.as_ref()) else {
         return false;
@@ -98,21 +114,7 @@ async fn run(n: usize) -> Row {
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let names: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
     let t = Instant::now();
-    stream::iter(names.iter().map(|name| {
-        let api = api.clone();
-        async move {
-            api.patch(
-                name,
-                &PatchParams::apply("bench").force(),
-                &Patch::Apply(deployment(name, "nginx:1.25")),
-            )
-            .await
-            .expect("create")
-        }
-    }))
-    .buffer_unordered(32)
-    .collect::<Vec<_>>()
-    .await;
+    apply_all(&api, &names, "nginx:1.25").await;
     eventually(
         Duration::from_secs(600),
         &format!("{n} Deployments complete"),
@@ -180,21 +182,7 @@ async fn run(n: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let c1 = cpu_seconds(pid);
     let t = Instant::now();
-    stream::iter(names.iter().map(|name| {
-        let api = api.clone();
-        async move {
-            api.patch(
-                name,
-                &PatchParams::apply("bench").force(),
-                &Patch::Apply(deployment(name, "nginx:1.26")),
-            )
-            .await
-            .expect("roll out")
-        }
-    }))
-    .buffer_unordered(64)
-    .collect::<Vec<_>>()
-    .await;
+    apply_all(&api, &names, "nginx:1.26").await;
     let arrivals = eventually(Duration::from_secs(900), &format!("{n} events"), || async {
         let mut seen: HashMap<String, Instant> = HashMap::new();
         for r in ilert.received().iter().filter(|r| r.status == 202) {

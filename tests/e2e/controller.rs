@@ -59,17 +59,7 @@ async fn a_new_deployment_is_reported_once_with_its_finish_time() {
         Some("Completed")
     );
     w.wait_ready_condition("True", "Ready").await;
-    eventually(
-        Duration::from_secs(10),
-        "a Normal Delivered Event",
-        || async {
-            w.events()
-                .await
-                .into_iter()
-                .find(|e| e.starts_with("Normal Delivered"))
-        },
-    )
-    .await;
+    w.wait_event("Normal Delivered").await;
     w.assert_key_never_leaked().await;
 }
 
@@ -283,13 +273,7 @@ async fn a_rejected_key_makes_the_pipeline_not_ready_until_the_key_changes() {
         message.contains("401") && message.contains("Secret"),
         "{message}"
     );
-    eventually(Duration::from_secs(10), "a Warning Event", || async {
-        w.events()
-            .await
-            .into_iter()
-            .find(|e| e.starts_with("Warning IntegrationKeyRejected"))
-    })
-    .await;
+    w.wait_event("Warning IntegrationKeyRejected").await;
     // Bounded: the same key is not hammered.
     assert_no_more_than(&w.ilert, 1, Duration::from_secs(8)).await;
     assert_eq!(
@@ -335,17 +319,7 @@ async fn a_missing_secret_holds_events_until_it_exists_and_rotation_needs_no_res
         "{message}"
     );
     assert_eq!(w.ilert.received().len(), 0);
-    eventually(
-        Duration::from_secs(10),
-        "a Warning SecretNotFound Event",
-        || async {
-            w.events()
-                .await
-                .into_iter()
-                .find(|e| e.starts_with("Warning SecretNotFound"))
-        },
-    )
-    .await;
+    w.wait_event("Warning SecretNotFound").await;
 
     // Wrong key name inside the Secret.
     create_secret(&w.client, &w.ns.name, "ilert", "otherKey", "x").await;

@@ -203,6 +203,21 @@ impl World {
             .collect()
     }
 
+    /// Waits for a Kubernetes Event on the pipeline whose "Type Reason" starts with `prefix`.
+    pub async fn wait_event(&self, prefix: &str) -> String {
+        eventually(
+            Duration::from_secs(10),
+            &format!("a {prefix} Event"),
+            || async {
+                self.events()
+                    .await
+                    .into_iter()
+                    .find(|e| e.starts_with(prefix))
+            },
+        )
+        .await
+    }
+
     /// The key must never show in the controller's logs, the pipeline's status or its Events.
     pub async fn assert_key_never_leaked(&self) {
         let logs = self.controller.logs();

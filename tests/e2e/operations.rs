@@ -283,17 +283,7 @@ async fn a_test_event_is_sent_once_per_annotation_value_and_its_answer_recorded(
     );
     let t = test_event_result(&w, "1").await;
     assert_eq!(t.result, "Accepted");
-    eventually(
-        Duration::from_secs(10),
-        "a TestEventDelivered Event",
-        || async {
-            w.events()
-                .await
-                .into_iter()
-                .find(|e| e.starts_with("Normal TestEventDelivered"))
-        },
-    )
-    .await;
+    w.wait_event("Normal TestEventDelivered").await;
     // The same value again, or a restart: nothing more.
     annotate_test_event(&w, "1").await;
     w.controller.restart();
