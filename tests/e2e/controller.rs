@@ -431,19 +431,9 @@ async fn only_trusted_namespaces_may_select_other_namespaces() {
     )
     .await;
     let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), &other.name);
-    let body = json!({
-        "apiVersion": "ilert.com/v1alpha1", "kind": "IlertPipeline",
-        "metadata": {"name": "greedy", "labels": {"e2e-ns": w.ns.name}},
-        "spec": {"integrationKeySecretRef": {"name": "ilert"}, "namespaceSelector": {}},
-    });
-    pipelines
-        .patch(
-            "greedy",
-            &PatchParams::apply("e2e-tests").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
+    // Served by the test's controller, which trusts only its own namespace.
+    let spec = json!({"integrationKeySecretRef": {"name": "ilert"}, "namespaceSelector": {}});
+    create_pipeline(&pipelines, &w.ns.name, "greedy", spec).await;
     let message = eventually(
         Duration::from_secs(30),
         "NamespaceSelectorNotAllowed",

@@ -240,11 +240,13 @@ impl World {
     }
 }
 
-pub async fn create_pipeline(api: &Api<IlertPipeline>, ns: &str, name: &str, spec: Value) {
+/// Applies a pipeline in `api`'s namespace, labelled for the test controller whose namespace is
+/// `served_by` (its `--pipeline-selector`).
+pub async fn create_pipeline(api: &Api<IlertPipeline>, served_by: &str, name: &str, spec: Value) {
     let body = json!({
         "apiVersion": "ilert.com/v1alpha1",
         "kind": "IlertPipeline",
-        "metadata": {"name": name, "labels": {"e2e-ns": ns}},
+        "metadata": {"name": name, "labels": {"e2e-ns": served_by}},
         "spec": spec,
     });
     api.patch(
