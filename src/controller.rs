@@ -19,7 +19,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -79,6 +79,8 @@ struct Shared {
     ledger: Ledger,
     budgets: Mutex<HashMap<IntegrationKey, Budget>>,
     recorder: Recorder,
+    /// Bounds the ReplicaSet lists of a burst of finished rollouts.
+    history_lists: tokio::sync::Semaphore,
 }
 
 /// A problem that makes a pipeline not Ready: a reason for the condition and a message that says
@@ -132,22 +134,49 @@ struct QueuedEvent {
     entry: Entry,
 }
 
+/// Events waiting for delivery, oldest first; each rollout at most once.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<QueuedEvent>,
+    keys: HashSet<RolloutKey>,
+}
+
 #[derive(Default)]
 struct Outbox {
-    queue: Mutex<VecDeque<QueuedEvent>>,
+    queue: Mutex<Queue>,
     notify: Notify,
 }
 
 impl Outbox {
+    /// Queues an event unless it already waits (a pending entry reloaded from the ledger and a
+    /// late hand-over of the same rollout after a leadership change).
     fn push(&self, item: QueuedEvent) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(item);
+        {
+            let mut q = lock(&self.queue);
+            if !q.keys.insert(item.key.clone()) {
+                return;
+            }
+            q.items.push_back(item);
+        }
         self.notify.notify_one();
     }
+
     fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.queue).items.len()
+    }
+
+    fn clear(&self) {
+        let mut q = lock(&self.queue);
+        q.items.clear();
+        q.keys.clear();
+    }
+
+    fn remove(&self, keys: &HashSet<&RolloutKey>) {
+        let mut q = lock(&self.queue);
+        q.items.retain(|i| !keys.contains(&i.key));
+        for k in keys {
+            q.keys.remove(*k);
+        }
     }
 }
 
@@ -182,16 +211,9 @@ impl PipelineHandle {
     /// counters from the last status seen.
     fn start(&mut self, shared: &Arc<Shared>) {
         self.stop();
-        {
-            let mut q = lock(&self.outbox.queue);
-            q.clear();
-            q.extend(
-                shared
-                    .ledger
-                    .pending(&self.uid)
-                    .into_iter()
-                    .map(|(key, entry)| QueuedEvent { key, entry }),
-            );
+        self.outbox.clear();
+        for (key, entry) in shared.ledger.pending(&self.uid) {
+            self.outbox.push(QueuedEvent { key, entry });
         }
         {
             let mut s = lock(&self.stats);
@@ -227,7 +249,7 @@ impl PipelineHandle {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        lock(&self.outbox.queue).clear();
+        self.outbox.clear();
     }
 }
 
@@ -320,7 +342,13 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut signals: Signals,
 ) -> anyhow::Result<()> {
-    let ledger = Ledger::load(client.clone(), &cfg.namespace)
+    let write_errors = metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            error: "ledger".into(),
+        })
+        .clone();
+    let ledger = Ledger::load(client.clone(), &cfg.namespace, write_errors)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -344,6 +372,7 @@ pub async fn run(
         cfg: cfg.clone(),
         ledger,
         budgets: Mutex::default(),
+        history_lists: tokio::sync::Semaphore::new(16),
         recorder,
     });
 
@@ -446,6 +475,9 @@ impl Brain {
             return;
         }
         info!("holding the lease: sending");
+        // Our own writes still on their way (a lease lost to an API server outage) go first, or
+        // the reload would bring back as pending what was already sent.
+        self.shared.ledger.flush(Duration::from_secs(30)).await;
         // The previous leader wrote the ledger: read it again before deciding anything.
         let mut attempt = 0;
         while let Err(e) = self.shared.ledger.reload().await {
@@ -486,6 +518,8 @@ impl Brain {
         for h in self.pipelines.values_mut() {
             h.stop();
         }
+        // Pending and sent states handed to the ledger go out before the lease is released.
+        self.shared.ledger.flush(Duration::from_secs(5)).await;
     }
 
     fn all_synced(&self) -> bool {
@@ -645,12 +679,9 @@ impl Brain {
         }
         for uid in &uids {
             let alive = |w: &str| self.workloads.contains_key(w);
-            match ledger.prune(uid, &alive).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    debug!(pipeline_uid = %uid, pruned = n, "pruned delivery state of deleted workloads")
-                }
-                Err(e) => warn!(error = %e, "could not prune delivery state"),
+            let n = ledger.prune(uid, &alive);
+            if n > 0 {
+                debug!(pipeline_uid = %uid, pruned = n, "pruning delivery state of deleted workloads");
             }
         }
         self.declare_ready();
@@ -853,7 +884,10 @@ impl Brain {
         let outbox = h.outbox.clone();
         let pipeline_uid = pipeline_uid.to_string();
         tokio::spawn(async move {
-            let history = replica_set_history(&shared.client, &view, finished.revision).await;
+            let history = {
+                let _permit = shared.history_lists.acquire().await;
+                replica_set_history(&shared.client, &view, finished.revision).await
+            };
             let rollout = Rollout::new(&view, finished, history, Timestamp::now());
             let event = report::deployment_event(&rollout, &shared.cfg.cluster_name);
             let entry = Entry {
@@ -863,7 +897,7 @@ impl Brain {
                 reported_outcome: Some(rollout.outcome),
                 test: None,
             };
-            record_and_queue(&shared, &outbox, &pipeline_uid, key, entry).await;
+            record_and_queue(&shared, &outbox, &pipeline_uid, key, entry);
         });
     }
 
@@ -905,37 +939,24 @@ impl Brain {
             reported_outcome: None,
             test: Some(value),
         };
-        self.shared
-            .ledger
-            .claim(pipeline_uid, key.clone(), entry.clone());
-        let (shared, outbox, uid) = (
-            self.shared.clone(),
-            h.outbox.clone(),
-            pipeline_uid.to_string(),
-        );
-        tokio::spawn(async move { record_and_queue(&shared, &outbox, &uid, key, entry).await });
+        record_and_queue(&self.shared, &h.outbox, pipeline_uid, key, entry);
     }
 }
 
-/// Marks an event pending in the ledger, then queues it: from here on a crash cannot lose it.
-async fn record_and_queue(
+/// Records an event as pending and queues it at once. The pending write and the send race: a
+/// crash before the pending write is on the API server loses nothing that waiting for it would
+/// have saved (the rollout is decided again from the workload), and a crash after ilert's 202 but
+/// before the sent write repeats the event either way.
+fn record_and_queue(
     shared: &Shared,
     outbox: &Outbox,
     pipeline_uid: &str,
     key: RolloutKey,
     entry: Entry,
 ) {
-    let mut attempt = 0;
-    while let Err(e) = shared
+    shared
         .ledger
-        .persist(pipeline_uid, &[(key.clone(), entry.clone())])
-        .await
-    {
-        attempt += 1;
-        shared.metrics.error("ledger");
-        warn!(error = %e, workload = %entry.workload, "could not record a pending event; retrying");
-        tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
-    }
+        .record(pipeline_uid, &[(key.clone(), entry.clone())]);
     outbox.push(QueuedEvent { key, entry });
 }
 
@@ -957,7 +978,24 @@ async fn replica_set_history(client: &Client, w: &WorkloadView, revision: u64) -
     History::default()
 }
 
-/// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries.
+/// Most requests one pipeline has on the wire at once. A kill -9 can repeat at most the events of
+/// these (ilert answered 202, the sent state was not written yet).
+const MAX_IN_FLIGHT: usize = 16;
+/// How long a key read from the Secret is used before it is read again: a rotated key is used
+/// within this, a rejected key is read again at once. A burst reads the Secret once per this.
+pub const KEY_TTL: Duration = Duration::from_secs(2);
+
+type Batch = Vec<(RolloutKey, Entry)>;
+
+/// One request's answer, back from its task (its outcome already handed to the ledger).
+struct Done {
+    batch: Batch,
+    key: IntegrationKey,
+    result: Result<(), SendError>,
+}
+
+/// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries, up to
+/// [`MAX_IN_FLIGHT`] requests at once (never two for the same workload).
 struct Sender {
     shared: Arc<Shared>,
     uid: String,
@@ -976,11 +1014,30 @@ struct Rejected {
     attempts: u32,
 }
 
+/// The delivery loop's state between requests.
+#[derive(Default)]
+struct Delivery {
+    in_flight: HashSet<RolloutKey>,
+    busy_workloads: HashSet<String>,
+    /// Consecutive rounds ilert was unavailable: while > 0, one request at a time probes it.
+    failures: u32,
+    secret_failures: u32,
+    rejected: Option<Rejected>,
+    key: Option<(IntegrationKey, Instant)>,
+    /// Nothing new goes out before this (backoff, pacing).
+    resume_at: Option<Instant>,
+}
+
+impl Delivery {
+    fn sendable(&self, item: &QueuedEvent) -> bool {
+        !self.in_flight.contains(&item.key) && !self.busy_workloads.contains(&item.key.workload_uid)
+    }
+}
+
 impl Sender {
     async fn run(mut self) {
-        let mut failures: u32 = 0;
-        let mut secret_failures: u32 = 0;
-        let mut rejected: Option<Rejected> = None;
+        let mut d = Delivery::default();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
         let pending_gauge = self
             .shared
             .metrics
@@ -991,10 +1048,25 @@ impl Sender {
             .clone();
         loop {
             if *self.shutdown.borrow() {
+                // SIGTERM: what is on the wire finishes and is recorded; nothing new starts.
+                while let Some(done) = tasks.join_next().await {
+                    if let Ok(done) = done {
+                        self.settle(&mut d, done).await;
+                    }
+                }
                 return;
             }
+            if self.spec.has_changed().unwrap_or(false) {
+                d.key = None;
+            }
             let spec = self.spec.borrow_and_update().clone();
-            let waiting = self.outbox.len();
+            let (waiting, sendable) = {
+                let q = lock(&self.outbox.queue);
+                (
+                    q.items.len(),
+                    q.items.iter().filter(|i| d.sendable(i)).count(),
+                )
+            };
             pending_gauge.set(waiting as i64);
             {
                 let mut s = lock(&self.stats);
@@ -1003,54 +1075,62 @@ impl Sender {
                     s.dirty = true;
                 }
             }
-            if spec.suspend || waiting == 0 {
+            let now = Instant::now();
+            let limit = if d.failures > 0 || d.rejected.is_some() {
+                1
+            } else {
+                MAX_IN_FLIGHT
+            };
+            let go = !spec.suspend
+                && sendable > 0
+                && tasks.len() < limit
+                && d.resume_at.is_none_or(|t| t <= now);
+            if !go {
+                let resume = d.resume_at.filter(|t| *t > now);
                 tokio::select! {
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        if let Ok(done) = done {
+                            self.settle(&mut d, done).await;
+                        }
+                    }
                     _ = self.outbox.notify.notified(), if !spec.suspend => {}
-                    _ = self.spec.changed() => {}
+                    _ = self.spec.changed() => {
+                        // A new Secret name, suspend: act on it now rather than after a backoff.
+                        d.key = None;
+                        d.resume_at = None;
+                    }
                     _ = self.shutdown.changed() => {}
+                    _ = tokio::time::sleep_until(resume.unwrap_or(now)), if resume.is_some() => {
+                        d.resume_at = None;
+                    }
                 }
                 continue;
             }
-            let key = match self.read_key(&spec).await {
-                Ok(k) => {
-                    secret_failures = 0;
-                    k
-                }
-                Err(problem) => {
-                    secret_failures += 1;
-                    self.set_problem(Some(problem)).await;
-                    self.pause(backoff(
-                        secret_failures + 1,
-                        Duration::from_secs(10),
-                        jitter(),
-                    ))
-                    .await;
-                    continue;
-                }
+            let Some(key) = self.key(&spec, &mut d).await else {
+                continue;
             };
             // A rejected key is read again every few seconds; a new key is tried at once.
-            if let Some(r) = &rejected
+            if let Some(r) = &d.rejected
                 && r.key == key
                 && Instant::now() < r.retry_at
             {
-                let wait = r.retry_at.saturating_duration_since(Instant::now());
-                self.pause(wait.min(Duration::from_secs(5))).await;
+                d.key = None;
+                d.resume_at = Some(r.retry_at.min(Instant::now() + Duration::from_secs(5)));
                 continue;
             }
-            let now = Instant::now();
-            let plan = self.budget(&key, |b| b.plan(waiting, now));
-            let n = match plan {
+            let n = match self.budget(&key, |b| b.plan(sendable, now)) {
                 Plan::WaitUntil(t) => {
                     self.shared.metrics.rate_limit_waits.inc();
-                    self.pause(t.saturating_duration_since(Instant::now()))
-                        .await;
+                    d.resume_at = Some(t);
                     continue;
                 }
                 Plan::Send(n) => n,
             };
-            let batch: Vec<(RolloutKey, Entry)> = {
+            let batch: Batch = {
                 let q = lock(&self.outbox.queue);
-                q.iter()
+                q.items
+                    .iter()
+                    .filter(|i| d.sendable(i))
                     .take(n)
                     .map(|i| (i.key.clone(), i.entry.clone()))
                     .collect()
@@ -1059,100 +1139,164 @@ impl Sender {
                 batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
             let cluster = &self.shared.cfg.cluster_name;
             let take = report::combinable(&events, cluster).min(batch.len());
-            let batch = &batch[..take];
-            let event = report::combine(&events[..take], cluster);
-            let body = report::body(&event, key.expose());
+            let mut batch = batch;
+            batch.truncate(take);
+            let body = report::body(&report::combine(&events[..take], cluster), key.expose());
             self.budget(&key, |b| b.take(Instant::now()));
-            let started = std::time::Instant::now();
-            let result = self.shared.ilert.send_deployment_event(&body, &key).await;
-            self.shared
-                .metrics
-                .send_duration
-                .observe(started.elapsed().as_secs_f64());
-            self.shared.metrics.request(
-                result
-                    .as_ref()
-                    .err()
-                    .map_or("accepted", SendError::metric_label),
-            );
-            match result {
-                Ok(()) => {
-                    failures = 0;
-                    rejected = None;
-                    self.finish(batch, State::Sent).await;
-                    self.delivered(batch).await;
-                    self.set_problem(None).await;
-                }
-                Err(SendError::RateLimited { retry_after: ra }) => {
-                    let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
-                    info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
-                    self.shared.metrics.rate_limit_waits.inc();
-                    self.budget(&key, |b| b.exhausted_until(Instant::now() + wait));
-                }
-                Err(SendError::Unavailable(msg)) => {
-                    failures += 1;
-                    let wait = backoff(failures, self.shared.cfg.retry_cap, jitter());
-                    warn!(pipeline = %self.name(), attempt = failures, retry_in_seconds = wait.as_secs_f32(), error = %msg, "ilert unavailable; retrying");
-                    if failures >= 3 {
-                        self.set_problem(Some(Problem {
-                            reason: "IlertUnavailable",
-                            message: format!(
-                                "{msg}; {} events wait and are retried with backoff",
-                                self.outbox.len()
-                            ),
-                        }))
-                        .await;
-                    }
-                    self.pause(wait).await;
-                }
-                Err(e @ SendError::KeyRejected { .. }) => {
-                    let attempts = rejected
+            for (k, _) in &batch {
+                d.in_flight.insert(k.clone());
+                d.busy_workloads.insert(k.workload_uid.clone());
+            }
+            let (shared, uid) = (self.shared.clone(), self.uid.clone());
+            tasks.spawn(async move {
+                let started = std::time::Instant::now();
+                let result = shared.ilert.send_deployment_event(&body, &key).await;
+                shared
+                    .metrics
+                    .send_duration
+                    .observe(started.elapsed().as_secs_f64());
+                shared.metrics.request(
+                    result
                         .as_ref()
-                        .filter(|r| r.key == key)
-                        .map_or(1, |r| r.attempts + 1);
-                    // The same key is tried again only rarely (10 min, doubling to 1 h); a new key at once.
-                    let wait = Duration::from_secs(600)
-                        .saturating_mul(1 << (attempts - 1).min(3))
-                        .min(Duration::from_secs(3600));
-                    rejected = Some(Rejected {
-                        key: key.clone(),
-                        retry_at: Instant::now() + wait,
-                        attempts,
-                    });
-                    let message = format!(
-                        "{e}. Put the integration key of an ilert deployment pipeline into Secret {}/{} key {}; {} events wait and go out once the key changes",
-                        self.namespace,
-                        spec.integration_key_secret_ref.name,
-                        spec.integration_key_secret_ref.key,
-                        self.outbox.len()
-                    );
-                    warn!(pipeline = %self.name(), error = %message, "integration key rejected");
-                    self.tests_rejected(batch, &e.to_string()).await;
-                    self.set_problem(Some(Problem {
-                        reason: "IntegrationKeyRejected",
-                        message,
-                    }))
-                    .await;
-                }
-                Err(e @ SendError::EventRejected { .. }) => {
-                    let names: Vec<&str> = batch.iter().map(|(_, e)| e.workload.as_str()).collect();
-                    let message = format!("{e}; not retried: {}", names.join(", "));
-                    warn!(pipeline = %self.name(), error = %message, "event rejected");
-                    self.finish(batch, State::Failed).await;
-                    self.tests_rejected(batch, &e.to_string()).await;
-                    {
-                        let mut s = lock(&self.stats);
-                        s.failed += batch.iter().filter(|(_, e)| e.test.is_none()).count() as u64;
-                        s.dirty = true;
-                    }
-                    self.publish(EventType::Warning, "EventRejected", &message)
+                        .err()
+                        .map_or("accepted", SendError::metric_label),
+                );
+                // Written before the task ends, so a SIGTERM drain leaves nothing to repeat.
+                let state = match &result {
+                    Ok(()) => Some(State::Sent),
+                    Err(SendError::EventRejected { .. }) => Some(State::Failed),
+                    Err(_) => None,
+                };
+                if let Some(state) = state {
+                    shared
+                        .ledger
+                        .record(&uid, &outcome_entries(&batch, state))
+                        .durable()
                         .await;
+                }
+                Done { batch, key, result }
+            });
+        }
+    }
+
+    /// The integration key: from the cache, or read from the Secret (a problem in status if not).
+    async fn key(&mut self, spec: &IlertPipelineSpec, d: &mut Delivery) -> Option<IntegrationKey> {
+        if let Some((k, at)) = &d.key
+            && at.elapsed() < KEY_TTL
+        {
+            return Some(k.clone());
+        }
+        match self.read_key(spec).await {
+            Ok(k) => {
+                d.secret_failures = 0;
+                d.key = Some((k.clone(), Instant::now()));
+                Some(k)
+            }
+            Err(problem) => {
+                d.secret_failures += 1;
+                self.set_problem(Some(problem)).await;
+                d.resume_at = Some(
+                    Instant::now()
+                        + backoff(d.secret_failures + 1, Duration::from_secs(10), jitter()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Acts on one request's answer: status, metrics, Events, retry timing.
+    async fn settle(&mut self, d: &mut Delivery, done: Done) {
+        let Done { batch, key, result } = done;
+        for (k, _) in &batch {
+            d.in_flight.remove(k);
+            d.busy_workloads.remove(&k.workload_uid);
+        }
+        let batch = &batch[..];
+        match result {
+            Ok(()) => {
+                d.failures = 0;
+                d.rejected = None;
+                self.finished(batch, "sent");
+                self.delivered(batch).await;
+                self.set_problem(None).await;
+            }
+            Err(SendError::RateLimited { retry_after: ra }) => {
+                let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
+                info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
+                self.shared.metrics.rate_limit_waits.inc();
+                self.budget(&key, |b| b.exhausted_until(Instant::now() + wait));
+            }
+            Err(SendError::Unavailable(msg)) => {
+                let now = Instant::now();
+                // Requests that were on the wire together fail together: one backoff round.
+                if d.resume_at.is_some_and(|t| t > now) {
+                    return;
+                }
+                d.failures += 1;
+                let wait = backoff(d.failures, self.shared.cfg.retry_cap, jitter());
+                warn!(pipeline = %self.name(), attempt = d.failures, retry_in_seconds = wait.as_secs_f32(), error = %msg, "ilert unavailable; retrying");
+                d.resume_at = Some(now + wait);
+                if d.failures >= 3 {
                     self.set_problem(Some(Problem {
-                        reason: "EventRejected",
-                        message,
+                        reason: "IlertUnavailable",
+                        message: format!(
+                            "{msg}; {} events wait and are retried with backoff",
+                            self.outbox.len()
+                        ),
                     }))
                     .await;
                 }
+            }
+            Err(e @ SendError::KeyRejected { .. }) => {
+                let attempts = d
+                    .rejected
+                    .as_ref()
+                    .filter(|r| r.key == key)
+                    .map_or(1, |r| r.attempts + 1);
+                // The same key is tried again only rarely (10 min, doubling to 1 h); a new key at once.
+                let wait = Duration::from_secs(600)
+                    .saturating_mul(1 << (attempts - 1).min(3))
+                    .min(Duration::from_secs(3600));
+                d.rejected = Some(Rejected {
+                    key: key.clone(),
+                    retry_at: Instant::now() + wait,
+                    attempts,
+                });
+                d.key = None;
+                let spec = self.spec.borrow().clone();
+                let message = format!(
+                    "{e}. Put the integration key of an ilert deployment pipeline into Secret {}/{} key {}; {} events wait and go out once the key changes",
+                    self.namespace,
+                    spec.integration_key_secret_ref.name,
+                    spec.integration_key_secret_ref.key,
+                    self.outbox.len()
+                );
+                warn!(pipeline = %self.name(), error = %message, "integration key rejected");
+                self.tests_rejected(batch, &e.to_string()).await;
+                self.set_problem(Some(Problem {
+                    reason: "IntegrationKeyRejected",
+                    message,
+                }))
+                .await;
+            }
+            Err(e @ SendError::EventRejected { .. }) => {
+                let names: Vec<&str> = batch.iter().map(|(_, e)| e.workload.as_str()).collect();
+                let message = format!("{e}; not retried: {}", names.join(", "));
+                warn!(pipeline = %self.name(), error = %message, "event rejected");
+                self.finished(batch, "failed");
+                self.tests_rejected(batch, &e.to_string()).await;
+                {
+                    let mut s = lock(&self.stats);
+                    s.failed += batch.iter().filter(|(_, e)| e.test.is_none()).count() as u64;
+                    s.dirty = true;
+                }
+                self.publish(EventType::Warning, "EventRejected", &message)
+                    .await;
+                self.set_problem(Some(Problem {
+                    reason: "EventRejected",
+                    message,
+                }))
+                .await;
             }
         }
     }
@@ -1171,15 +1315,6 @@ impl Sender {
             self.namespace,
             self.reference.name.as_deref().unwrap_or_default()
         )
-    }
-
-    /// Waits `d`, or less if the spec changes (a new Secret name, suspend).
-    async fn pause(&mut self, d: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = self.spec.changed() => {}
-            _ = self.shutdown.changed() => {}
-        }
     }
 
     async fn read_key(&self, spec: &IlertPipelineSpec) -> Result<IntegrationKey, Problem> {
@@ -1235,37 +1370,10 @@ impl Sender {
         })
     }
 
-    /// Records the outcome of a batch and removes it from the outbox.
-    async fn finish(&self, batch: &[(RolloutKey, Entry)], state: State) {
-        let done: Vec<(RolloutKey, Entry)> = batch
-            .iter()
-            .map(|(k, e)| {
-                (
-                    k.clone(),
-                    Entry {
-                        state,
-                        workload: e.workload.clone(),
-                        event: None,
-                        reported_outcome: e.reported_outcome,
-                        test: e.test.clone(),
-                    },
-                )
-            })
-            .collect();
-        let mut attempt = 0;
-        while let Err(e) = self.shared.ledger.persist(&self.uid, &done).await {
-            attempt += 1;
-            self.shared.metrics.error("ledger");
-            warn!(error = %e, "could not record delivery; retrying (a crash now may repeat this event once)");
-            tokio::time::sleep(backoff(attempt, Duration::from_secs(30), jitter())).await;
-        }
+    /// Removes a batch whose outcome is recorded from the outbox, and counts it.
+    fn finished(&self, batch: &[(RolloutKey, Entry)], result: &str) {
         let keys: HashSet<&RolloutKey> = batch.iter().map(|(k, _)| k).collect();
-        lock(&self.outbox.queue).retain(|i| !keys.contains(&i.key));
-        let result = if state == State::Sent {
-            "sent"
-        } else {
-            "failed"
-        };
+        self.outbox.remove(&keys);
         for (k, e) in batch.iter().filter(|(_, e)| e.test.is_none()) {
             self.shared
                 .metrics
@@ -1391,6 +1499,25 @@ impl Sender {
         )
         .await;
     }
+}
+
+/// The ledger entries that record a batch's outcome (the event body is no longer needed).
+fn outcome_entries(batch: &[(RolloutKey, Entry)], state: State) -> Batch {
+    batch
+        .iter()
+        .map(|(k, e)| {
+            (
+                k.clone(),
+                Entry {
+                    state,
+                    workload: e.workload.clone(),
+                    event: None,
+                    reported_outcome: e.reported_outcome,
+                    test: e.test.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// `Kind/namespace/name` -> a reference to that workload.

@@ -8,7 +8,8 @@
 //! entry shrinks to a few bytes, and only the newest per workload is kept.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,6 +17,8 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::oneshot;
+use tracing::warn;
 
 use crate::report::DeploymentEvent;
 use crate::rollout::{Finished, Outcome};
@@ -168,20 +171,59 @@ pub fn decide<'a>(
     }
 }
 
+type Data = serde_json::Map<String, serde_json::Value>;
+
+/// Writes waiting for one shard (pipeline uid, shard digit): while one patch is on the wire, later
+/// writes gather here and go out together in the next patch (group commit). Under a burst this
+/// makes one patch per shard per round trip, instead of one per event.
+#[derive(Default)]
+struct ShardQueue {
+    data: Data,
+    waiters: Vec<oneshot::Sender<()>>,
+    writing: bool,
+}
+
+type Queues = Arc<Mutex<HashMap<(String, char), ShardQueue>>>;
+
+fn lock_queues(q: &Queues) -> std::sync::MutexGuard<'_, HashMap<(String, char), ShardQueue>> {
+    q.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The in-memory mirror of the persisted state, and its persistence.
 pub struct Ledger {
     api: Api<ConfigMap>,
     entries: Mutex<HashMap<String, BTreeMap<RolloutKey, Entry>>>,
+    queues: Queues,
+    /// Counts failed writes (they are retried).
+    write_errors: prometheus_client::metrics::counter::Counter,
+}
+
+/// A write handed to the ledger. It goes out whether or not anyone waits; [`Written::durable`]
+/// waits until the API server has it.
+pub struct Written(Vec<oneshot::Receiver<()>>);
+
+impl Written {
+    pub async fn durable(self) {
+        for rx in self.0 {
+            let _ = rx.await;
+        }
+    }
 }
 
 impl Ledger {
     /// Loads every ledger ConfigMap of `namespace`.
-    pub async fn load(client: Client, namespace: &str) -> Result<Self, kube::Error> {
+    pub async fn load(
+        client: Client,
+        namespace: &str,
+        write_errors: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self, kube::Error> {
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
         let entries = Self::fetch(&api).await?;
         Ok(Ledger {
             api,
             entries: Mutex::new(entries),
+            queues: Arc::default(),
+            write_errors,
         })
     }
 
@@ -280,15 +322,11 @@ impl Ledger {
         }
     }
 
-    /// Writes `entries` (all of one pipeline) and, for sent ones, drops older entries of the same
-    /// workload. One patch per touched shard.
-    pub async fn persist(
-        &self,
-        pipeline: &str,
-        entries: &[(RolloutKey, Entry)],
-    ) -> Result<(), kube::Error> {
-        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> =
-            BTreeMap::new();
+    /// Records `entries` (all of one pipeline) in memory at once and hands them to the shard
+    /// writers; for sent ones, drops older entries of the same workload. A failed patch is retried
+    /// with backoff until it succeeds (newer writes to the same data key win).
+    pub fn record(&self, pipeline: &str, entries: &[(RolloutKey, Entry)]) -> Written {
+        let mut shards: BTreeMap<char, Data> = BTreeMap::new();
         {
             let mut guard = self.lock();
             let map = guard.entry(pipeline.to_string()).or_default();
@@ -313,24 +351,53 @@ impl Ledger {
                 );
             }
         }
-        for (shard, data) in shards {
-            self.patch_shard(pipeline, shard, data).await?;
+        self.enqueue(pipeline, shards)
+    }
+
+    fn enqueue(&self, pipeline: &str, shards: BTreeMap<char, Data>) -> Written {
+        let mut receivers = Vec::with_capacity(shards.len());
+        let mut start = Vec::new();
+        {
+            let mut queues = lock_queues(&self.queues);
+            for (shard, data) in shards {
+                let (tx, rx) = oneshot::channel();
+                let q = queues.entry((pipeline.to_string(), shard)).or_default();
+                q.data.extend(data);
+                q.waiters.push(tx);
+                receivers.push(rx);
+                if !q.writing {
+                    q.writing = true;
+                    start.push(shard);
+                }
+            }
         }
-        Ok(())
+        for shard in start {
+            tokio::spawn(write_shard(
+                self.api.clone(),
+                self.queues.clone(),
+                self.write_errors.clone(),
+                pipeline.to_string(),
+                shard,
+            ));
+        }
+        Written(receivers)
+    }
+
+    /// Waits (at most `limit`) until every handed-over write is on the API server: before exit.
+    pub async fn flush(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !lock_queues(&self.queues).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Drops sent and failed entries of workloads that no longer exist.
-    pub async fn prune(
-        &self,
-        pipeline: &str,
-        alive: &dyn Fn(&str) -> bool,
-    ) -> Result<usize, kube::Error> {
-        let mut shards: BTreeMap<char, serde_json::Map<String, serde_json::Value>> =
-            BTreeMap::new();
+    pub fn prune(&self, pipeline: &str, alive: &dyn Fn(&str) -> bool) -> usize {
+        let mut shards: BTreeMap<char, Data> = BTreeMap::new();
         {
             let mut guard = self.lock();
             let Some(map) = guard.get_mut(pipeline) else {
-                return Ok(0);
+                return 0;
             };
             map.retain(|k, e| {
                 let keep = e.state == State::Pending || alive(&k.workload_uid);
@@ -344,15 +411,19 @@ impl Ledger {
             });
         }
         let n = shards.values().map(serde_json::Map::len).sum();
-        for (shard, data) in shards {
-            self.patch_shard(pipeline, shard, data).await?;
-        }
-        Ok(n)
+        self.enqueue(pipeline, shards);
+        n
     }
 
     /// Deletes every ConfigMap of a pipeline that is gone.
     pub async fn forget_pipeline(&self, pipeline: &str) -> Result<(), kube::Error> {
         self.lock().remove(pipeline);
+        // Writes still waiting would create the ConfigMaps again.
+        for ((p, _), q) in lock_queues(&self.queues).iter_mut() {
+            if p == pipeline {
+                q.data.clear();
+            }
+        }
         let lp = ListParams::default().labels(&format!("{PIPELINE_UID_LABEL}={pipeline}"));
         for cm in self.api.list(&lp).await? {
             if let Some(name) = cm.metadata.name {
@@ -365,17 +436,73 @@ impl Ledger {
         }
         Ok(())
     }
+}
 
-    async fn patch_shard(
-        &self,
-        pipeline: &str,
-        shard: char,
-        data: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), kube::Error> {
+/// The writer of one shard: patches whatever gathered while the previous patch was on the wire,
+/// until nothing waits. Retries with backoff; never gives up (the state must get out).
+async fn write_shard(
+    api: Api<ConfigMap>,
+    queues: Queues,
+    errors: prometheus_client::metrics::counter::Counter,
+    pipeline: String,
+    shard: char,
+) {
+    let id = (pipeline.clone(), shard);
+    let mut attempt = 0;
+    loop {
+        let (data, waiters) = {
+            let mut queues = lock_queues(&queues);
+            let Some(q) = queues.get_mut(&id) else { return };
+            if q.data.is_empty() {
+                for w in q.waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                queues.remove(&id);
+                return;
+            }
+            (std::mem::take(&mut q.data), std::mem::take(&mut q.waiters))
+        };
+        match patch_shard(&api, &pipeline, shard, data.clone()).await {
+            Ok(()) => {
+                attempt = 0;
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            Err(e) => {
+                attempt += 1;
+                errors.inc();
+                warn!(error = %e, attempt, "could not write the delivery state; retrying (a crash before it is written may repeat or, if the workload also moves on, miss these events)");
+                {
+                    let mut queues = lock_queues(&queues);
+                    let q = queues.entry(id.clone()).or_default();
+                    let newer = std::mem::replace(&mut q.data, data);
+                    q.data.extend(newer);
+                    let later = std::mem::replace(&mut q.waiters, waiters);
+                    q.waiters.extend(later);
+                }
+                let jitter = rand::random::<f64>();
+                tokio::time::sleep(crate::pacing::backoff(
+                    attempt,
+                    Duration::from_secs(5),
+                    jitter,
+                ))
+                .await;
+            }
+        }
+    }
+}
+
+async fn patch_shard(
+    api: &Api<ConfigMap>,
+    pipeline: &str,
+    shard: char,
+    data: Data,
+) -> Result<(), kube::Error> {
+    {
         let name = format!("{NAME_PREFIX}{pipeline}-{shard}");
         let patch = json!({ "data": data });
-        match self
-            .api
+        match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
@@ -400,11 +527,10 @@ impl Ledger {
                     data: Some(values),
                     ..Default::default()
                 };
-                match self.api.create(&PostParams::default(), &cm).await {
+                match api.create(&PostParams::default(), &cm).await {
                     Ok(_) => Ok(()),
                     // Created meanwhile by another write: patch again.
-                    Err(kube::Error::Api(s)) if s.code == 409 => self
-                        .api
+                    Err(kube::Error::Api(s)) if s.code == 409 => api
                         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                         .await
                         .map(|_| ()),

@@ -145,9 +145,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .filter(|t| !t.is_empty())
             .collect()
     };
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes API found: run in a cluster, or set KUBECONFIG")?;
+    let metrics = Arc::new(Metrics::default());
+    let client = kube_client(metrics.clone()).await?;
     check_crd(&client).await?;
     let ilert = IlertClient::new(
         &args.api_url,
@@ -174,7 +173,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting"
     );
     let readiness = Readiness::default();
-    let metrics = Arc::new(Metrics::default());
     let server = tokio::spawn(server::serve(
         args.listen_address,
         metrics.clone(),
@@ -281,4 +279,19 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The Kubernetes client, counting every request it makes (`ilert_rollout_kube_requests_total`).
+async fn kube_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes API found: run in a cluster, or set KUBECONFIG")?;
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.kube_request(req.method().as_str(), req.uri().path(), req.uri().query());
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("the Kubernetes client configuration is not usable")?
+        .with_layer(&count)
+        .build())
 }

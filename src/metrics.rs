@@ -28,6 +28,50 @@ pub struct PipelineLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    /// get, list, watch, create, patch, update, delete.
+    pub verb: String,
+    /// The resource, with its subresource: `deployments`, `ilertpipelines/status`.
+    pub resource: String,
+}
+
+/// Pure: the verb and resource of a request to the Kubernetes API, from its method and URI.
+pub fn kube_request_labels(method: &str, path: &str, query: Option<&str>) -> KubeRequestLabels {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest: &[&str] = match segments.first() {
+        Some(&"api") => segments.get(2..).unwrap_or_default(),
+        Some(&"apis") => segments.get(3..).unwrap_or_default(),
+        _ => &[],
+    };
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    let resource = match rest {
+        [] => "other".to_string(),
+        [r] | [r, _] => r.to_string(),
+        [r, _, sub, ..] => format!("{r}/{sub}"),
+    };
+    let named = rest.len() >= 2;
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match method {
+        "GET" if watch => "watch",
+        "GET" if named => "get",
+        "GET" => "list",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" if named => "delete",
+        "DELETE" => "deletecollection",
+        _ => "other",
+    };
+    KubeRequestLabels {
+        verb: verb.to_string(),
+        resource,
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
 }
@@ -46,6 +90,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub watched_workloads: Gauge,
     pub leader: Gauge,
+    pub kube_requests: Family<KubeRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -111,8 +156,15 @@ impl Default for Metrics {
             "1 while this replica holds the lease and sends",
             leader.clone(),
         );
+        let kube_requests = Family::<KubeRequestLabels, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Requests to the Kubernetes API server, by verb and resource (a watch counts once per connection)",
+            kube_requests.clone(),
+        );
         Metrics {
             registry,
+            kube_requests,
             events,
             requests,
             send_duration,
@@ -145,6 +197,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one request to the Kubernetes API server.
+    pub fn kube_request(&self, method: &str, path: &str, query: Option<&str>) {
+        self.kube_requests
+            .get_or_create(&kube_request_labels(method, path, query))
+            .inc();
+    }
+
     pub fn error(&self, error: &str) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
@@ -158,5 +217,116 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_verb_and_resource_of_every_request_the_controller_makes() {
+        let cases = [
+            (
+                "GET",
+                "/apis/apps/v1/deployments",
+                Some("watch=true&timeoutSeconds=290&allowWatchBookmarks=true"),
+                "watch",
+                "deployments",
+            ),
+            (
+                "GET",
+                "/apis/apps/v1/deployments",
+                Some("limit=500"),
+                "list",
+                "deployments",
+            ),
+            (
+                "GET",
+                "/apis/apps/v1/namespaces/team-a/replicasets",
+                Some("labelSelector=app%3Dweb"),
+                "list",
+                "replicasets",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces",
+                Some("watch=true"),
+                "watch",
+                "namespaces",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/team-a",
+                None,
+                "get",
+                "namespaces",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/team-a/secrets/ilert",
+                None,
+                "get",
+                "secrets",
+            ),
+            (
+                "PATCH",
+                "/apis/ilert.com/v1alpha1/namespaces/team-a/ilertpipelines/p/status",
+                Some("fieldManager=x"),
+                "patch",
+                "ilertpipelines/status",
+            ),
+            (
+                "PATCH",
+                "/api/v1/namespaces/ops/configmaps/ilert-ledger-1-a",
+                None,
+                "patch",
+                "configmaps",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/ops/configmaps",
+                None,
+                "create",
+                "configmaps",
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/team-a/events",
+                None,
+                "create",
+                "events",
+            ),
+            (
+                "PATCH",
+                "/apis/coordination.k8s.io/v1/namespaces/ops/leases/l",
+                None,
+                "patch",
+                "leases",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/ops/configmaps/c",
+                None,
+                "delete",
+                "configmaps",
+            ),
+            (
+                "GET",
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ilertpipelines.ilert.com",
+                None,
+                "get",
+                "customresourcedefinitions",
+            ),
+            ("GET", "/version", None, "list", "other"),
+        ];
+        for (method, path, query, verb, resource) in cases {
+            let l = kube_request_labels(method, path, query);
+            assert_eq!(
+                (l.verb.as_str(), l.resource.as_str()),
+                (verb, resource),
+                "{method} {path}"
+            );
+        }
     }
 }

@@ -17,7 +17,7 @@ const CHART: &str = concat!(
 );
 
 fn helm(args: &[&str]) -> (bool, String) {
-    let out = Command::new(format!("{REPO}/target/cluster/bin/helm"))
+    let out = Command::new(tool("helm"))
         .args(args)
         .output()
         .expect("helm");

@@ -23,7 +23,7 @@ async fn a_deployment_rolls_out_and_a_new_image_becomes_revision_two() {
         .clone();
     assert_eq!(image.as_deref(), Some("nginx:1.26"));
     // The same rule `kubectl rollout status` applies, by kubectl itself.
-    let out = std::process::Command::new(format!("{REPO}/target/cluster/bin/kubectl"))
+    let out = std::process::Command::new(tool("kubectl"))
         .args([
             "rollout",
             "status",

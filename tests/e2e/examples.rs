@@ -22,7 +22,7 @@ async fn every_example_applies_to_the_control_plane() {
     files.sort();
     assert!(files.len() >= 3, "examples/ holds {} files", files.len());
     for f in &files {
-        let out = Command::new(format!("{REPO}/target/cluster/bin/kubectl"))
+        let out = Command::new(tool("kubectl"))
             .args(["apply", "-n", &ns.name, "-f"])
             .arg(f)
             .output()

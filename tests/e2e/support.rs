@@ -1,8 +1,8 @@
 //! Test support: a client for the running control plane, throw-away namespaces, the fake ilert,
 //! and the controller run as the real built binary.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,6 +94,18 @@ fn lock_identities() -> std::sync::MutexGuard<'static, std::collections::HashMap
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// kubectl or helm of the control plane the tests run against: beside its kubeconfig (up.sh links
+/// them into `<instance>/bin`).
+pub fn tool(name: &str) -> String {
+    let kubeconfig =
+        std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{REPO}/target/cluster/kubeconfig"));
+    let dir = Path::new(&kubeconfig)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    dir.join("bin").join(name).to_string_lossy().into_owned()
+}
+
 pub fn release_name(ns: &str) -> String {
     format!("irc-{ns}")
 }
@@ -125,8 +137,8 @@ pub fn chart_identity(ns: &str) -> PathBuf {
     if let Some(p) = lock_identities().get(ns) {
         return p.clone();
     }
-    let helm = format!("{REPO}/target/cluster/bin/helm");
-    let kubectl = format!("{REPO}/target/cluster/bin/kubectl");
+    let helm = tool("helm");
+    let kubectl = tool("kubectl");
     let chart = format!("{REPO}/charts/ilert-rollout-controller");
     run(
         &helm,
@@ -215,13 +227,13 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if lock_identities().remove(&self.name).is_some() {
-            let _ = Command::new(format!("{REPO}/target/cluster/bin/helm"))
+            let _ = Command::new(tool("helm"))
                 .args(["uninstall", &release_name(&self.name), "-n", &self.name])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
         }
-        let kubectl = format!("{REPO}/target/cluster/bin/kubectl");
+        let kubectl = tool("kubectl");
         let _ = Command::new(kubectl)
             .args([
                 "delete",
@@ -285,6 +297,8 @@ pub struct FakeIlert {
     pub url: String,
     state: Arc<Mutex<FakeState>>,
     validator: Arc<jsonschema::Validator>,
+    /// true: the port is closed (connections refused) until set back to false.
+    refusing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub fn deployment_event_validator() -> jsonschema::Validator {
@@ -309,14 +323,48 @@ impl FakeIlert {
             url: String::new(),
             state,
             validator,
+            refusing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let app = axum::Router::new()
             .route("/api/deployment-events", axum::routing::post(receive))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeIlert { url, ..fake }
+        let addr = listener.local_addr().unwrap();
+        let mut refusing = fake.refusing.subscribe();
+        tokio::spawn(async move {
+            let mut listener = Some(listener);
+            loop {
+                let l = match listener.take() {
+                    Some(l) => l,
+                    None => loop {
+                        match tokio::net::TcpListener::bind(addr).await {
+                            Ok(l) => break l,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    },
+                };
+                let mut stop = refusing.clone();
+                axum::serve(l, app.clone())
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|r| *r).await;
+                    })
+                    .await
+                    .unwrap();
+                // Closed: connections are refused until refusing is false again.
+                if refusing.wait_for(|r| !*r).await.is_err() {
+                    return;
+                }
+            }
+        });
+        FakeIlert {
+            url: format!("http://{addr}"),
+            ..fake
+        }
+    }
+
+    /// Closes the port (every connection refused) or opens it again on the same address.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.refusing.send_replace(refuse);
     }
 
     /// Answers every later accepted request after `d`; a request whose client dies meanwhile is
@@ -574,5 +622,99 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// How long after ilert's 202 a kill -9 may still repeat the event: the answer reaches the
+/// controller and the sent state is written (one group-committed ConfigMap patch; 2 s bounds a
+/// busy API server).
+pub const KILL_WINDOW: Duration = Duration::from_secs(2);
+
+/// One rollout as named in the events: namespace, name, revision.
+pub type RolloutId = (String, String, String);
+
+/// What ilert accepted, per rollout: when each copy arrived (combined events count for each).
+pub struct Tally {
+    pub copies: BTreeMap<RolloutId, Vec<Instant>>,
+}
+
+impl Tally {
+    pub fn of(received: &[Received]) -> Self {
+        let mut copies: BTreeMap<RolloutId, Vec<Instant>> = BTreeMap::new();
+        for r in received.iter().filter(|r| r.status == 202) {
+            let details = &r.body["customDetails"];
+            let rollouts = details
+                .get("rollouts")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_else(|| vec![details.clone()]);
+            for d in rollouts {
+                let field = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+                if d.get("name").is_none() {
+                    continue;
+                }
+                copies
+                    .entry((field("namespace"), field("name"), field("revision")))
+                    .or_default()
+                    .push(r.at);
+            }
+        }
+        Tally { copies }
+    }
+
+    pub fn has(&self, namespace: &str, name: &str, revision: &str) -> bool {
+        self.copies.contains_key(&(
+            namespace.to_string(),
+            name.to_string(),
+            revision.to_string(),
+        ))
+    }
+
+    /// Rollouts accepted more than once.
+    pub fn duplicates(&self) -> Vec<(&RolloutId, &Vec<Instant>)> {
+        self.copies.iter().filter(|(_, v)| v.len() > 1).collect()
+    }
+
+    /// Every duplicate must come from a kill that hit between ilert's 202 and the sent state
+    /// being written: its first copy arrived at most `window` before one of `kills`, and every
+    /// later copy after that kill. Prints what it found.
+    pub fn assert_duplicates_only_from(&self, kills: &[Instant], window: Duration) {
+        let mut explained = Vec::new();
+        for (id, at) in self.duplicates() {
+            let first = at[0];
+            let kill = kills
+                .iter()
+                // A process takes a moment to die: a 202 written just after the signal counts too.
+                .find(|k| {
+                    first <= **k + Duration::from_millis(200)
+                        && k.saturating_duration_since(first) <= window
+                });
+            let Some(kill) = kill else {
+                panic!(
+                    "{id:?} was accepted {} times, and its first copy was not within {window:?} before a kill (kills at {:?} after it)",
+                    at.len(),
+                    kills
+                        .iter()
+                        .map(|k| k.checked_duration_since(first))
+                        .collect::<Vec<_>>()
+                );
+            };
+            assert!(
+                at[1..].iter().all(|t| t > kill),
+                "{id:?}: a repeat came before the kill that explains it"
+            );
+            explained.push(format!(
+                "{}/{} rev {} ({} ms before a kill)",
+                id.0,
+                id.1,
+                id.2,
+                kill.saturating_duration_since(first).as_millis()
+            ));
+        }
+        eprintln!(
+            "{} rollouts accepted, {} repeated, each by a kill inside the window: {explained:?}",
+            self.copies.len(),
+            explained.len()
+        );
     }
 }
