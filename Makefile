@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: build test demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
+.PHONY: build test chaos demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
 
 build:
 	$(CARGO) build --release
@@ -15,14 +15,21 @@ demo:
 test: cluster-build
 	tests/run.sh
 
-## Formatting, clippy, the Helm chart and the Dockerfile.
+## The long fault-injection suite on a control plane of its own (kill -9 during 200 rollouts, API
+## server and etcd outages, a 2-minute ilert outage, failover during a 200-rollout burst).
+chaos: cluster-build
+	tests/run.sh chaos
+
 ## N Deployments rolling out at once (BENCH_N=100,1000,5000 by default); report in target/bench/.
 bench: cluster-build
 	tests/run.sh bench
 
+## Formatting, clippy, the Helm chart and the Dockerfile.
+
 lint: cluster-build
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --test chaos -- -D warnings
 	$$(tests/cluster/build.sh print-bin-dirs | sed -n 's/^HELM_BIN=//p')/helm lint charts/ilert-rollout-controller
 	$$(tests/tools.sh)/hadolint Dockerfile
 

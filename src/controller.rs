@@ -384,16 +384,16 @@ pub async fn run(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default().page_size(500),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .map_ok(|ev| Input::Workload(project(ev)));
     let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .map_ok(|ev| Input::Pipeline(Box::new(ev)));
     let namespaces = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .map_ok(Input::Namespace);
     let mut inputs = stream::select(
         stream::select(workloads.boxed(), pipelines.boxed()),
@@ -436,6 +436,29 @@ pub async fn run(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Retry timing of a failed watch: exponential with jitter, capped at 5 s. kube's default caps at
+/// 30 s, which after an API server outage costs up to a minute of blindness (30 s to find it back,
+/// 30 s more after the first 403 of its RBAC cache warming up). Three watches per controller:
+/// retrying every few seconds is no burden.
+#[derive(Default)]
+struct WatchBackoff {
+    attempt: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.attempt = self.attempt.saturating_add(1);
+        Some(backoff(self.attempt, Duration::from_secs(5), jitter()))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
     }
 }
 
@@ -1359,7 +1382,8 @@ impl Sender {
                     .and_then(|d| d.get(&r.key))
                     .cloned()
             })
-            .map(IntegrationKey::new)
+            // `echo key | base64` leaves a newline: never part of a key.
+            .map(|v| IntegrationKey::new(v.trim().to_string()))
             .filter(|k| !k.expose().is_empty());
         value.ok_or_else(|| Problem {
             reason: "KeyNotFound",
@@ -1573,8 +1597,13 @@ impl StatusWriter {
         let mut last_ready: Option<(bool, &'static str, String, Time)> = None;
         let mut announced_config_problem: Option<Problem> = None;
         let mut interval = tokio::time::interval(Duration::from_millis(500));
+        let mut failures: u32 = 0;
         loop {
             interval.tick().await;
+            if failures > 0 {
+                // The API server is away: retry with backoff, and say so once, not twice a second.
+                tokio::time::sleep(backoff(failures, Duration::from_secs(10), jitter())).await;
+            }
             let (status, config_problem) = {
                 let mut s = lock(&self.stats);
                 if !s.dirty {
@@ -1629,11 +1658,21 @@ impl StatusWriter {
                 .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    if failures > 0 {
+                        info!(pipeline = %format!("{}/{}", self.namespace, self.name), "pipeline status written again");
+                    }
+                    failures = 0;
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => return,
                 Err(e) => {
                     self.shared.metrics.error("status");
-                    warn!(error = %e, "could not write pipeline status; will retry");
+                    if failures == 0 {
+                        warn!(pipeline = %format!("{}/{}", self.namespace, self.name), error = %e, "could not write pipeline status; retrying with backoff");
+                    } else {
+                        debug!(error = %e, attempt = failures + 1, "could not write pipeline status");
+                    }
+                    failures = failures.saturating_add(1);
                     lock(&self.stats).dirty = true;
                 }
             }

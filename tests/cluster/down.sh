@@ -2,7 +2,7 @@
 # Stops exactly the processes tests/cluster/up.sh started (by their pids) and removes the state.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-out="$(cd "$here/../.." && pwd)/target/cluster"
+out="${CLUSTER_DIR:-$(cd "$here/../.." && pwd)/target/cluster}"
 [[ -f "$out/state-dir" ]] || { echo "[cluster-down] no control plane recorded in $out" >&2; exit 0; }
 state="$(cat "$out/state-dir")"
 # Stop in reverse order of start so nothing reconnects to a component that is already gone.

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Starts the real control plane on loopback: etcd, kube-apiserver (RBAC, token auth, service-account
 # signing key), kube-controller-manager, kube-scheduler and kwok (the kubelet stand-in), with fake
-# Nodes. State lives in a temporary directory; target/cluster/ holds the kubeconfig, the matching
-# kubectl and helm, the pids and the component logs.
+# Nodes. State lives in a temporary directory; target/cluster/ (or $CLUSTER_DIR, for a second
+# instance such as the fault-injection suite's) holds the kubeconfig, the matching kubectl and helm,
+# the component logs and, per component, the command that started it (tests/cluster/restart.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-out="$repo/target/cluster"
+out="${CLUSTER_DIR:-$repo/target/cluster}"
 NODES="${CLUSTER_NODES:-3}"
 
 log() { printf '[cluster-up %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -24,7 +25,7 @@ done
 
 start=$SECONDS
 state="$(mktemp -d "${TMPDIR:-/tmp}/ilert-rollout-controller-cluster.XXXXXX")"
-mkdir -p "$out/bin" "$out/logs" "$state/pids"
+mkdir -p "$out/bin" "$out/logs" "$state/pids" "$state/cmd"
 rm -f "$out"/logs/*.log
 echo "$state" > "$out/state-dir"
 ln -sfn "$K8S_BIN/kubectl" "$out/bin/kubectl"
@@ -85,8 +86,9 @@ current-context: local
 KC
 chmod 600 "$kubeconfig"
 
-spawn() { # NAME CMD... : start a component in the background, its log and pid in known places
+spawn() { # NAME CMD... : start a component in the background, its log, pid and command in known places
   local name="$1"; shift
+  printf '%q ' "$@" > "$state/cmd/$name"
   "$@" > "$out/logs/$name.log" 2>&1 &
   echo $! > "$state/pids/$name.pid"
 }

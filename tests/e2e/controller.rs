@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
 
 use crate::support::*;
 use crate::*;
-
-const EVENT_WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_new_deployment_is_reported_once_with_its_finish_time() {
@@ -527,50 +525,6 @@ async fn the_ignore_annotation_excludes_a_workload() {
     let events = w.ilert.wait_accepted(1, EVENT_WAIT).await;
     assert_eq!(events[0]["customDetails"]["name"], "loud");
     assert_no_more_than(&w.ilert, 1, Duration::from_secs(3)).await;
-}
-
-#[tokio::test]
-async fn invalid_pipelines_are_rejected_at_admission() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "invalid").await;
-    let cases = [
-        (json!({}), "integrationKeySecretRef"),
-        (json!({"integrationKeySecretRef": {}}), "name"),
-        (json!({"integrationKeySecretRef": {"name": ""}}), "name"),
-        (
-            json!({"integrationKeySecretRef": {"name": "ilert"}, "suspend": "yes"}),
-            "suspend",
-        ),
-        (
-            json!({"integrationKeySecretRef": {"name": "ilert"}, "selector": {"matchLabels": "app"}}),
-            "matchLabels",
-        ),
-    ];
-    for (i, (spec, field)) in cases.into_iter().enumerate() {
-        let body: Value = json!({
-            "apiVersion": "ilert.com/v1alpha1", "kind": "IlertPipeline",
-            "metadata": {"name": format!("bad-{i}")}, "spec": spec,
-        });
-        let obj: kube::api::DynamicObject = serde_json::from_value(body.clone()).unwrap();
-        let dynapi: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            client.clone(),
-            &ns.name,
-            &kube::api::ApiResource::erase::<IlertPipeline>(&()),
-        );
-        match dynapi.create(&PostParams::default(), &obj).await {
-            Ok(_) => panic!("the API server accepted an invalid pipeline: {body}"),
-            Err(kube::Error::Api(s)) => {
-                assert_eq!(s.code, 422, "{s:?}");
-                assert!(
-                    s.message.contains(field),
-                    "message does not name {field}: {}",
-                    s.message
-                );
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
 
 #[test]

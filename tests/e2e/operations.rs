@@ -153,9 +153,9 @@ async fn sigterm_finishes_and_releases_the_lease_for_an_immediate_takeover() {
     })
     .await;
     let took = if first == 0 {
-        w.controller.terminate()
+        w.controller.terminate().await
     } else {
-        b.terminate()
+        b.terminate().await
     };
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     let survivor: &Controller = if first == 0 { &b } else { &w.controller };

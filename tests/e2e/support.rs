@@ -599,14 +599,17 @@ impl Controller {
         format!("http://{}", v["address"].as_str().expect("address field"))
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns how long that took.
-    pub fn terminate(&mut self) -> Duration {
+    /// Sends SIGTERM and waits for the process to exit; returns how long that took. Waits without
+    /// blocking the test's runtime: the fake ilert on it must answer the requests still in flight.
+    pub async fn terminate(&mut self) -> Duration {
         let started = Instant::now();
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();
-            let _ = c.wait();
+            while c.try_wait().ok().flatten().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         started.elapsed()
     }

@@ -101,6 +101,9 @@ pub struct World {
     pub pipelines: Api<IlertPipeline>,
 }
 
+/// How long a test waits for an event that should come promptly.
+pub const EVENT_WAIT: Duration = Duration::from_secs(60);
+
 pub const PIPELINE: &str = "production";
 
 impl World {
