@@ -214,21 +214,12 @@ async fn run(n: usize) -> Row {
     let t = Instant::now();
     apply_all(&api, &names, "nginx:1.26").await;
     let arrivals = eventually(Duration::from_secs(900), &format!("{n} events"), || async {
-        let mut seen: HashMap<String, Instant> = HashMap::new();
-        for r in ilert.received().iter().filter(|r| r.status == 202) {
-            let details = &r.body["customDetails"];
-            let rollouts = details
-                .get("rollouts")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_else(|| vec![details.clone()]);
-            for d in rollouts {
-                if d["revision"] == "2" {
-                    seen.entry(d["name"].as_str().unwrap_or_default().to_string())
-                        .or_insert(r.at);
-                }
-            }
-        }
+        let seen: HashMap<String, Instant> = Tally::of(&ilert.received())
+            .copies
+            .into_iter()
+            .filter(|((_, _, revision), _)| revision == "2")
+            .map(|((_, name, _), at)| (name, at[0]))
+            .collect();
         (seen.len() == n).then_some(seen)
     })
     .await;

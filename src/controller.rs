@@ -1271,6 +1271,14 @@ impl Sender {
                 }
             }
             Err(e @ SendError::KeyRejected { .. }) => {
+                // Requests that were on the wire together are refused together: one round.
+                if d.rejected
+                    .as_ref()
+                    .is_some_and(|r| r.key == key && Instant::now() < r.retry_at)
+                {
+                    self.tests_rejected(batch, &e.to_string()).await;
+                    return;
+                }
                 let attempts = d
                     .rejected
                     .as_ref()

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+/// Kept annotation values are cut to this many characters.
+pub const MAX_ANNOTATION_CHARS: usize = 1024;
 pub const IGNORE_ANNOTATION: &str = "ilert.com/ignore";
 /// Annotations copied into the compact view; everything else (notably
 /// `kubectl.kubernetes.io/last-applied-configuration`, which can hold secrets) is dropped at once.
@@ -104,7 +106,9 @@ impl WorkloadView {
                 .filter(|(k, _)| {
                     KEPT_ANNOTATIONS.contains(&k.as_str()) || k.starts_with(KEPT_ANNOTATION_PREFIX)
                 })
-                .map(|(k, v)| (k.clone(), v.clone()))
+                // A kept annotation is a line of context, not a document: a 100 KB change-cause
+                // would sit in memory for every workload and in every event.
+                .map(|(k, v)| (k.clone(), crate::report::truncate(v, MAX_ANNOTATION_CHARS)))
                 .collect(),
             generation: meta.generation.unwrap_or(0),
             observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),

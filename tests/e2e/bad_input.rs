@@ -453,8 +453,14 @@ async fn workloads_of_odd_shapes_are_reported_and_break_nothing() {
         .into_iter()
         .find(|e| e["customDetails"]["name"] == "huge-annotations")
         .unwrap();
+    let cause = huge_event["customDetails"]["changeCause"].as_str().unwrap();
     assert!(
-        huge_event.to_string().len() < 64 * 1024,
+        cause.chars().count() <= 1024,
+        "change-cause of {} characters",
+        cause.chars().count()
+    );
+    assert!(
+        huge_event.to_string().len() < 8 * 1024,
         "{} bytes",
         huge_event.to_string().len()
     );
