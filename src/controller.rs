@@ -31,7 +31,7 @@ use crate::pipeline::{
     IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent, TestEventStatus,
 };
 use crate::report::{self, DeploymentEvent};
-use crate::rollout::{History, Rollout, WorkloadView};
+use crate::rollout::{History, ReplicaSetView, Rollout, WorkloadView};
 
 pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
 /// Annotating a pipeline with a new value of this sends one test event.
@@ -307,6 +307,19 @@ enum Input {
     Workload(Event<WorkloadView>),
     Pipeline(Box<Event<IlertPipeline>>),
     Namespace(Event<PartialObjectMeta<Namespace>>),
+    /// Projected too: what the history of a rollout needs, so no list on the path of an event.
+    ReplicaSet(Event<ReplicaSetView>),
+}
+
+/// ReplicaSet views by the UID of the workload that controls them, then by their own UID.
+type ReplicaSets = HashMap<String, HashMap<String, ReplicaSetView>>;
+
+fn index_replica_set(sets: &mut ReplicaSets, view: ReplicaSetView) {
+    if let Some(owner) = view.owner.clone() {
+        sets.entry(owner)
+            .or_default()
+            .insert(view.uid.clone(), view);
+    }
 }
 
 /// The decision loop's state: compact workload views, namespace labels, pipelines.
@@ -318,7 +331,9 @@ struct Brain {
     init_workloads: Option<HashMap<String, WorkloadView>>,
     init_namespaces: Option<HashMap<String, BTreeMap<String, String>>>,
     init_pipelines: Option<HashSet<String>>,
-    synced: [bool; 3],
+    replica_sets: ReplicaSets,
+    init_replica_sets: Option<ReplicaSets>,
+    synced: [bool; 4],
     readiness: Readiness,
     /// Only the lease holder sends and writes; every replica watches, so failover is instant.
     leading: bool,
@@ -385,7 +400,7 @@ pub async fn run(
         watcher::Config::default().page_size(500),
     )
     .backoff(WatchBackoff::default())
-    .map_ok(|ev| Input::Workload(project(ev)));
+    .map_ok(|ev| Input::Workload(project(ev, WorkloadView::from_deployment)));
     let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg)
         .backoff(WatchBackoff::default())
         .map_ok(|ev| Input::Pipeline(Box::new(ev)));
@@ -395,9 +410,15 @@ pub async fn run(
     )
     .backoff(WatchBackoff::default())
     .map_ok(Input::Namespace);
+    let replica_sets = watcher(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default().page_size(500),
+    )
+    .backoff(WatchBackoff::default())
+    .map_ok(|ev| Input::ReplicaSet(project(ev, ReplicaSetView::from_replica_set)));
     let mut inputs = stream::select(
         stream::select(workloads.boxed(), pipelines.boxed()),
-        namespaces.boxed(),
+        stream::select(namespaces.boxed(), replica_sets.boxed()),
     );
 
     let mut brain = Brain {
@@ -408,7 +429,9 @@ pub async fn run(
         init_workloads: None,
         init_namespaces: None,
         init_pipelines: None,
-        synced: [false; 3],
+        replica_sets: HashMap::new(),
+        init_replica_sets: None,
+        synced: [false; 4],
         readiness,
         leading: false,
     };
@@ -462,13 +485,13 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-fn project(ev: Event<Deployment>) -> Event<WorkloadView> {
-    let view = |d: Deployment| WorkloadView::from_deployment(&d);
+/// A watch event with its object projected to the compact view at once.
+fn project<K, V>(ev: Event<K>, view: impl Fn(&K) -> V) -> Event<V> {
     match ev {
-        Event::Apply(d) => Event::Apply(view(d)),
-        Event::Delete(d) => Event::Delete(view(d)),
+        Event::Apply(o) => Event::Apply(view(&o)),
+        Event::Delete(o) => Event::Delete(view(&o)),
         Event::Init => Event::Init,
-        Event::InitApply(d) => Event::InitApply(view(d)),
+        Event::InitApply(o) => Event::InitApply(view(&o)),
         Event::InitDone => Event::InitDone,
     }
 }
@@ -662,6 +685,30 @@ impl Brain {
                     }
                 }
                 Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
+            },
+            Input::ReplicaSet(ev) => match ev {
+                Event::Init => self.init_replica_sets = Some(HashMap::new()),
+                Event::InitApply(view) => {
+                    if let Some(m) = self.init_replica_sets.as_mut() {
+                        index_replica_set(m, view);
+                    }
+                }
+                Event::InitDone => {
+                    self.replica_sets = self.init_replica_sets.take().unwrap_or_default();
+                    self.synced[3] = true;
+                    self.after_resync().await;
+                }
+                Event::Apply(view) => index_replica_set(&mut self.replica_sets, view),
+                Event::Delete(view) => {
+                    if let Some(owner) = &view.owner
+                        && let Some(m) = self.replica_sets.get_mut(owner)
+                    {
+                        m.remove(&view.uid);
+                        if m.is_empty() {
+                            self.replica_sets.remove(owner);
+                        }
+                    }
+                }
             },
         }
     }
@@ -902,24 +949,44 @@ impl Brain {
             s.pending += 1;
             s.dirty = true;
         }
+        // The history from the ReplicaSet cache; a list only if the current ReplicaSet is not in
+        // it yet (the watches are separate streams).
+        let cached = self.replica_sets.get(workload_uid);
+        let has_current =
+            cached.is_some_and(|m| m.values().any(|rs| rs.revision == Some(finished.revision)));
+        let (shared, outbox, pipeline_uid) = (
+            self.shared.clone(),
+            h.outbox.clone(),
+            pipeline_uid.to_string(),
+        );
+        let build = move |view: &WorkloadView, history: History| {
+            let rollout = Rollout::new(view, finished, history, Timestamp::now());
+            Entry {
+                state: State::Pending,
+                workload: view.reference(),
+                event: Some(report::deployment_event(&rollout, &shared.cfg.cluster_name)),
+                reported_outcome: Some(rollout.outcome),
+                test: None,
+            }
+        };
+        if has_current {
+            let history = History::from_views(
+                w,
+                finished.revision,
+                cached.into_iter().flat_map(|m| m.values()),
+            );
+            let entry = build(w, history);
+            record_and_queue(&self.shared, &outbox, &pipeline_uid, key, entry);
+            return;
+        }
         let view = w.clone();
         let shared = self.shared.clone();
-        let outbox = h.outbox.clone();
-        let pipeline_uid = pipeline_uid.to_string();
         tokio::spawn(async move {
             let history = {
                 let _permit = shared.history_lists.acquire().await;
                 replica_set_history(&shared.client, &view, finished.revision).await
             };
-            let rollout = Rollout::new(&view, finished, history, Timestamp::now());
-            let event = report::deployment_event(&rollout, &shared.cfg.cluster_name);
-            let entry = Entry {
-                state: State::Pending,
-                workload: view.reference(),
-                event: Some(event),
-                reported_outcome: Some(rollout.outcome),
-                test: None,
-            };
+            let entry = build(&view, history);
             record_and_queue(&shared, &outbox, &pipeline_uid, key, entry);
         });
     }
@@ -988,7 +1055,9 @@ fn record_and_queue(
 async fn replica_set_history(client: &Client, w: &WorkloadView, revision: u64) -> History {
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &w.namespace);
     let selector: Selector = w.match_labels.clone().into_iter().collect();
-    let lp = ListParams::default().labels_from(&selector);
+    // From the API server's watch cache (resourceVersion=0): no quorum read from etcd on the
+    // path of every event. The current ReplicaSet is older than the rollout's end by far.
+    let lp = ListParams::default().labels_from(&selector).match_any();
     for attempt in 1..=3 {
         match api.list(&lp).await {
             Ok(list) => return History::from_replica_sets(w, revision, &list.items),
@@ -1184,18 +1253,16 @@ impl Sender {
                         .err()
                         .map_or("accepted", SendError::metric_label),
                 );
-                // Written before the task ends, so a SIGTERM drain leaves nothing to repeat.
+                // Handed to the ledger at once (its writers get it to the API server; SIGTERM and
+                // a new lease wait for them). The slot is free again without waiting for the
+                // write: under a busy API server the write, not ilert, would set the pace.
                 let state = match &result {
                     Ok(()) => Some(State::Sent),
                     Err(SendError::EventRejected { .. }) => Some(State::Failed),
                     Err(_) => None,
                 };
                 if let Some(state) = state {
-                    shared
-                        .ledger
-                        .record(&uid, &outcome_entries(&batch, state))
-                        .durable()
-                        .await;
+                    shared.ledger.record(&uid, &outcome_entries(&batch, state));
                 }
                 Done { batch, key, result }
             });

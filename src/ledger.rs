@@ -17,7 +17,6 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::report::DeploymentEvent;
@@ -179,7 +178,6 @@ type Data = serde_json::Map<String, serde_json::Value>;
 #[derive(Default)]
 struct ShardQueue {
     data: Data,
-    waiters: Vec<oneshot::Sender<()>>,
     writing: bool,
 }
 
@@ -196,18 +194,6 @@ pub struct Ledger {
     queues: Queues,
     /// Counts failed writes (they are retried).
     write_errors: prometheus_client::metrics::counter::Counter,
-}
-
-/// A write handed to the ledger. It goes out whether or not anyone waits; [`Written::durable`]
-/// waits until the API server has it.
-pub struct Written(Vec<oneshot::Receiver<()>>);
-
-impl Written {
-    pub async fn durable(self) {
-        for rx in self.0 {
-            let _ = rx.await;
-        }
-    }
 }
 
 impl Ledger {
@@ -325,7 +311,7 @@ impl Ledger {
     /// Records `entries` (all of one pipeline) in memory at once and hands them to the shard
     /// writers; for sent ones, drops older entries of the same workload. A failed patch is retried
     /// with backoff until it succeeds (newer writes to the same data key win).
-    pub fn record(&self, pipeline: &str, entries: &[(RolloutKey, Entry)]) -> Written {
+    pub fn record(&self, pipeline: &str, entries: &[(RolloutKey, Entry)]) {
         let mut shards: BTreeMap<char, Data> = BTreeMap::new();
         {
             let mut guard = self.lock();
@@ -354,17 +340,13 @@ impl Ledger {
         self.enqueue(pipeline, shards)
     }
 
-    fn enqueue(&self, pipeline: &str, shards: BTreeMap<char, Data>) -> Written {
-        let mut receivers = Vec::with_capacity(shards.len());
+    fn enqueue(&self, pipeline: &str, shards: BTreeMap<char, Data>) {
         let mut start = Vec::new();
         {
             let mut queues = lock_queues(&self.queues);
             for (shard, data) in shards {
-                let (tx, rx) = oneshot::channel();
                 let q = queues.entry((pipeline.to_string(), shard)).or_default();
                 q.data.extend(data);
-                q.waiters.push(tx);
-                receivers.push(rx);
                 if !q.writing {
                     q.writing = true;
                     start.push(shard);
@@ -380,7 +362,6 @@ impl Ledger {
                 shard,
             ));
         }
-        Written(receivers)
     }
 
     /// Waits (at most `limit`) until every handed-over write is on the API server: before exit.
@@ -450,25 +431,17 @@ async fn write_shard(
     let id = (pipeline.clone(), shard);
     let mut attempt = 0;
     loop {
-        let (data, waiters) = {
+        let data = {
             let mut queues = lock_queues(&queues);
             let Some(q) = queues.get_mut(&id) else { return };
             if q.data.is_empty() {
-                for w in q.waiters.drain(..) {
-                    let _ = w.send(());
-                }
                 queues.remove(&id);
                 return;
             }
-            (std::mem::take(&mut q.data), std::mem::take(&mut q.waiters))
+            std::mem::take(&mut q.data)
         };
         match patch_shard(&api, &pipeline, shard, data.clone()).await {
-            Ok(()) => {
-                attempt = 0;
-                for w in waiters {
-                    let _ = w.send(());
-                }
-            }
+            Ok(()) => attempt = 0,
             Err(e) => {
                 attempt += 1;
                 errors.inc();
@@ -478,8 +451,6 @@ async fn write_shard(
                     let q = queues.entry(id.clone()).or_default();
                     let newer = std::mem::replace(&mut q.data, data);
                     q.data.extend(newer);
-                    let later = std::mem::replace(&mut q.waiters, waiters);
-                    q.waiters.extend(later);
                 }
                 let jitter = rand::random::<f64>();
                 tokio::time::sleep(crate::pacing::backoff(

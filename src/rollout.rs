@@ -210,6 +210,47 @@ pub struct History {
     pub replica_set_created_at: Option<Timestamp>,
 }
 
+/// What the history needs of one ReplicaSet: the controller keeps these (from a watch) instead of
+/// full objects, and never asks the API server for ReplicaSets on the path of an event.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicaSetView {
+    pub uid: String,
+    /// UID of the workload that controls it.
+    pub owner: Option<String>,
+    pub revision: Option<u64>,
+    /// Earlier revisions this ReplicaSet served (`deployment.kubernetes.io/revision-history`).
+    pub revision_history: Vec<u64>,
+    pub images: BTreeMap<String, String>,
+    pub created_at: Option<Timestamp>,
+}
+
+impl ReplicaSetView {
+    pub fn from_replica_set(rs: &ReplicaSet) -> Self {
+        let annotation = |key: &str| rs.metadata.annotations.as_ref()?.get(key).cloned();
+        ReplicaSetView {
+            uid: rs.metadata.uid.clone().unwrap_or_default(),
+            owner: rs
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            revision: annotation(REVISION_ANNOTATION).and_then(|r| r.parse().ok()),
+            revision_history: annotation(REVISION_HISTORY_ANNOTATION)
+                .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+            images: rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .map(images)
+                .unwrap_or_default(),
+            created_at: rs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+}
+
 impl History {
     /// Reads the history of `workload` at `revision` from its ReplicaSets (those it owns).
     pub fn from_replica_sets(
@@ -217,25 +258,23 @@ impl History {
         revision: u64,
         replica_sets: &[ReplicaSet],
     ) -> Self {
-        let owned: Vec<(u64, &ReplicaSet)> = replica_sets
+        let views: Vec<ReplicaSetView> = replica_sets
             .iter()
-            .filter(|rs| {
-                rs.metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|o| o.uid == workload.uid && o.controller == Some(true))
-            })
-            .filter_map(|rs| {
-                let rev = rs
-                    .metadata
-                    .annotations
-                    .as_ref()?
-                    .get(REVISION_ANNOTATION)?
-                    .parse()
-                    .ok()?;
-                Some((rev, rs))
-            })
+            .map(ReplicaSetView::from_replica_set)
+            .collect();
+        Self::from_views(workload, revision, views.iter())
+    }
+
+    /// The same from projected ReplicaSets (any; only those `workload` controls count).
+    pub fn from_views<'a>(
+        workload: &WorkloadView,
+        revision: u64,
+        replica_sets: impl IntoIterator<Item = &'a ReplicaSetView>,
+    ) -> Self {
+        let owned: Vec<(u64, &ReplicaSetView)> = replica_sets
+            .into_iter()
+            .filter(|rs| rs.owner.as_deref() == Some(workload.uid.as_str()))
+            .filter_map(|rs| Some((rs.revision?, rs)))
             .collect();
         let current = owned
             .iter()
@@ -247,22 +286,13 @@ impl History {
             .max_by_key(|(rev, _)| *rev);
         History {
             rolled_back_from: current
-                .and_then(|rs| {
-                    rs.metadata
-                        .annotations
-                        .as_ref()?
-                        .get(REVISION_HISTORY_ANNOTATION)
-                        .cloned()
-                })
-                .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .map(|rs| rs.revision_history.clone())
                 .unwrap_or_default(),
             previous_images: previous
-                .and_then(|(_, rs)| rs.spec.as_ref()?.template.as_ref().map(images))
+                .map(|(_, rs)| rs.images.clone())
                 .unwrap_or_default(),
             previous_revision: previous.map(|(rev, _)| *rev),
-            replica_set_created_at: current
-                .and_then(|rs| rs.metadata.creation_timestamp.as_ref())
-                .map(|t| t.0),
+            replica_set_created_at: current.and_then(|rs| rs.created_at),
         }
     }
 }
