@@ -132,6 +132,8 @@ impl Stats {
 struct QueuedEvent {
     key: RolloutKey,
     entry: Entry,
+    /// When it was queued (a rollout seen finished, or a pending one reloaded).
+    queued_at: Instant,
 }
 
 /// Events waiting for delivery, oldest first; each rollout at most once.
@@ -213,7 +215,11 @@ impl PipelineHandle {
         self.stop();
         self.outbox.clear();
         for (key, entry) in shared.ledger.pending(&self.uid) {
-            self.outbox.push(QueuedEvent { key, entry });
+            self.outbox.push(QueuedEvent {
+                key,
+                entry,
+                queued_at: Instant::now(),
+            });
         }
         {
             let mut s = lock(&self.stats);
@@ -1047,7 +1053,11 @@ fn record_and_queue(
     shared
         .ledger
         .record(pipeline_uid, &[(key.clone(), entry.clone())]);
-    outbox.push(QueuedEvent { key, entry });
+    outbox.push(QueuedEvent {
+        key,
+        entry,
+        queued_at: Instant::now(),
+    });
 }
 
 /// Reads the ReplicaSets of a workload: rollback detection, previous images, start time.
@@ -1084,6 +1094,8 @@ struct Done {
     batch: Batch,
     key: IntegrationKey,
     result: Result<(), SendError>,
+    /// How long each event of the batch waited from being queued to ilert's answer.
+    waited: Vec<Duration>,
 }
 
 /// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries, up to
@@ -1116,6 +1128,8 @@ struct Delivery {
     secret_failures: u32,
     rejected: Option<Rejected>,
     key: Option<(IntegrationKey, Instant)>,
+    /// The Secret being read again while the key in hand is used.
+    refresh: Option<JoinHandle<Result<IntegrationKey, Problem>>>,
     /// Nothing new goes out before this (backoff, pacing).
     resume_at: Option<Instant>,
 }
@@ -1150,6 +1164,7 @@ impl Sender {
             }
             if self.spec.has_changed().unwrap_or(false) {
                 d.key = None;
+                d.refresh = None;
             }
             let spec = self.spec.borrow_and_update().clone();
             let (waiting, sendable) = {
@@ -1189,6 +1204,7 @@ impl Sender {
                     _ = self.spec.changed() => {
                         // A new Secret name, suspend: act on it now rather than after a backoff.
                         d.key = None;
+                        d.refresh = None;
                         d.resume_at = None;
                     }
                     _ = self.shutdown.changed() => {}
@@ -1218,14 +1234,14 @@ impl Sender {
                 }
                 Plan::Send(n) => n,
             };
-            let batch: Batch = {
+            let (batch, queued_at): (Batch, Vec<Instant>) = {
                 let q = lock(&self.outbox.queue);
                 q.items
                     .iter()
                     .filter(|i| d.sendable(i))
                     .take(n)
-                    .map(|i| (i.key.clone(), i.entry.clone()))
-                    .collect()
+                    .map(|i| ((i.key.clone(), i.entry.clone()), i.queued_at))
+                    .unzip()
             };
             let events: Vec<DeploymentEvent> =
                 batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
@@ -1233,6 +1249,8 @@ impl Sender {
             let take = report::combinable(&events, cluster).min(batch.len());
             let mut batch = batch;
             batch.truncate(take);
+            let mut queued_at = queued_at;
+            queued_at.truncate(take);
             let body = report::body(&report::combine(&events[..take], cluster), key.expose());
             self.budget(&key, |b| b.take(Instant::now()));
             for (k, _) in &batch {
@@ -1243,6 +1261,7 @@ impl Sender {
             tasks.spawn(async move {
                 let started = std::time::Instant::now();
                 let result = shared.ilert.send_deployment_event(&body, &key).await;
+                let waited = queued_at.iter().map(|t| t.elapsed()).collect();
                 shared
                     .metrics
                     .send_duration
@@ -1264,19 +1283,47 @@ impl Sender {
                 if let Some(state) = state {
                     shared.ledger.record(&uid, &outcome_entries(&batch, state));
                 }
-                Done { batch, key, result }
+                Done {
+                    batch,
+                    key,
+                    result,
+                    waited,
+                }
             });
         }
     }
 
     /// The integration key: from the cache, or read from the Secret (a problem in status if not).
     async fn key(&mut self, spec: &IlertPipelineSpec, d: &mut Delivery) -> Option<IntegrationKey> {
-        if let Some((k, at)) = &d.key
-            && at.elapsed() < KEY_TTL
-        {
-            return Some(k.clone());
-        }
-        match self.read_key(spec).await {
+        let refreshed = match d.refresh.take() {
+            Some(task) if task.is_finished() => task.await.ok(),
+            other => {
+                d.refresh = other;
+                None
+            }
+        };
+        let result = match refreshed {
+            Some(result) => result,
+            None => {
+                if let Some((k, at)) = &d.key {
+                    // A key in hand is used while the Secret is read again in the background:
+                    // a slow API server must not hold up delivery every few seconds.
+                    if at.elapsed() >= KEY_TTL && d.refresh.is_none() {
+                        let (client, namespace, spec) = (
+                            self.shared.client.clone(),
+                            self.namespace.clone(),
+                            spec.clone(),
+                        );
+                        d.refresh = Some(tokio::spawn(async move {
+                            read_key(&client, &namespace, &spec).await
+                        }));
+                    }
+                    return Some(k.clone());
+                }
+                read_key(&self.shared.client, &self.namespace, spec).await
+            }
+        };
+        match result {
             Ok(k) => {
                 d.secret_failures = 0;
                 d.key = Some((k.clone(), Instant::now()));
@@ -1296,7 +1343,12 @@ impl Sender {
 
     /// Acts on one request's answer: status, metrics, Events, retry timing.
     async fn settle(&mut self, d: &mut Delivery, done: Done) {
-        let Done { batch, key, result } = done;
+        let Done {
+            batch,
+            key,
+            result,
+            waited,
+        } = done;
         for (k, _) in &batch {
             d.in_flight.remove(k);
             d.busy_workloads.remove(&k.workload_uid);
@@ -1304,6 +1356,9 @@ impl Sender {
         let batch = &batch[..];
         match result {
             Ok(()) => {
+                for w in waited {
+                    self.shared.metrics.delivery_delay.observe(w.as_secs_f64());
+                }
                 d.failures = 0;
                 d.rejected = None;
                 self.finished(batch, "sent");
@@ -1413,60 +1468,6 @@ impl Sender {
             self.namespace,
             self.reference.name.as_deref().unwrap_or_default()
         )
-    }
-
-    async fn read_key(&self, spec: &IlertPipelineSpec) -> Result<IntegrationKey, Problem> {
-        let r = &spec.integration_key_secret_ref;
-        let api: Api<Secret> = Api::namespaced(self.shared.client.clone(), &self.namespace);
-        let secret = match api.get(&r.name).await {
-            Ok(s) => s,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Err(Problem {
-                    reason: "SecretNotFound",
-                    message: format!(
-                        "Secret {}/{} not found: create it with the ilert integration key under key {}; events wait until then",
-                        self.namespace, r.name, r.key
-                    ),
-                });
-            }
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Err(Problem {
-                    reason: "SecretForbidden",
-                    message: format!(
-                        "the controller may not read Secret {}/{} (403): grant it get on secrets",
-                        self.namespace, r.name
-                    ),
-                });
-            }
-            Err(e) => {
-                return Err(Problem {
-                    reason: "SecretUnavailable",
-                    message: format!("reading Secret {}/{} failed: {e}", self.namespace, r.name),
-                });
-            }
-        };
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&r.key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(&r.key))
-                    .cloned()
-            })
-            // `echo key | base64` leaves a newline: never part of a key.
-            .map(|v| IntegrationKey::new(v.trim().to_string()))
-            .filter(|k| !k.expose().is_empty());
-        value.ok_or_else(|| Problem {
-            reason: "KeyNotFound",
-            message: format!(
-                "Secret {}/{} has no non-empty key {}: add the ilert integration key under that key, or set spec.integrationKeySecretRef.key",
-                self.namespace, r.name, r.key
-            ),
-        })
     }
 
     /// Removes a batch whose outcome is recorded from the outbox, and counts it.
@@ -1598,6 +1599,65 @@ impl Sender {
         )
         .await;
     }
+}
+
+/// Reads the integration key from the pipeline's Secret; a problem for status if it cannot.
+async fn read_key(
+    client: &Client,
+    namespace: &str,
+    spec: &IlertPipelineSpec,
+) -> Result<IntegrationKey, Problem> {
+    let r = &spec.integration_key_secret_ref;
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = match api.get(&r.name).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(Problem {
+                reason: "SecretNotFound",
+                message: format!(
+                    "Secret {}/{} not found: create it with the ilert integration key under key {}; events wait until then",
+                    namespace, r.name, r.key
+                ),
+            });
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Err(Problem {
+                reason: "SecretForbidden",
+                message: format!(
+                    "the controller may not read Secret {}/{} (403): grant it get on secrets",
+                    namespace, r.name
+                ),
+            });
+        }
+        Err(e) => {
+            return Err(Problem {
+                reason: "SecretUnavailable",
+                message: format!("reading Secret {}/{} failed: {e}", namespace, r.name),
+            });
+        }
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .cloned()
+        })
+        // `echo key | base64` leaves a newline: never part of a key.
+        .map(|v| IntegrationKey::new(v.trim().to_string()))
+        .filter(|k| !k.expose().is_empty());
+    value.ok_or_else(|| Problem {
+        reason: "KeyNotFound",
+        message: format!(
+            "Secret {}/{} has no non-empty key {}: add the ilert integration key under that key, or set spec.integrationKeySecretRef.key",
+            namespace, r.name, r.key
+        ),
+    })
 }
 
 /// The ledger entries that record a batch's outcome (the event body is no longer needed).

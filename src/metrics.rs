@@ -83,6 +83,7 @@ pub struct Metrics {
     /// Requests to ilert, by result.
     pub requests: Family<RequestLabels, Counter>,
     pub send_duration: Histogram,
+    pub delivery_delay: Histogram,
     pub pending: Family<PipelineLabels, Gauge>,
     pub rate_limit_waits: Counter,
     pub reconciles: Counter,
@@ -113,6 +114,12 @@ impl Default for Metrics {
             "send_duration_seconds",
             "Time of one request to ilert",
             send_duration.clone(),
+        );
+        let delivery_delay = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "delivery_delay_seconds",
+            "From a finished rollout seen (or a pending one reloaded) to ilert accepting its event",
+            delivery_delay.clone(),
         );
         let pending = Family::<PipelineLabels, Gauge>::default();
         registry.register(
@@ -168,6 +175,7 @@ impl Default for Metrics {
             events,
             requests,
             send_duration,
+            delivery_delay,
             pending,
             rate_limit_waits,
             reconciles,

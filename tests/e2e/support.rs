@@ -382,6 +382,12 @@ impl FakeIlert {
         self.state.lock().unwrap().received.clone()
     }
 
+    /// How many requests were answered 202, without copying them.
+    pub fn accepted_count(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.received.iter().filter(|r| r.status == 202).count()
+    }
+
     /// Bodies of the requests answered 202.
     pub fn accepted(&self) -> Vec<Value> {
         self.received()
