@@ -1086,6 +1086,8 @@ const MAX_IN_FLIGHT: usize = 16;
 /// How long a key read from the Secret is used before it is read again: a rotated key is used
 /// within this, a rejected key is read again at once. A burst reads the Secret once per this.
 pub const KEY_TTL: Duration = Duration::from_secs(2);
+/// The oldest key ever used without reading the Secret first: a rotated key is used within this.
+pub const KEY_MAX_AGE: Duration = Duration::from_secs(4);
 
 type Batch = Vec<(RolloutKey, Entry)>;
 
@@ -1305,9 +1307,12 @@ impl Sender {
         let result = match refreshed {
             Some(result) => result,
             None => {
-                if let Some((k, at)) = &d.key {
-                    // A key in hand is used while the Secret is read again in the background:
-                    // a slow API server must not hold up delivery every few seconds.
+                if let Some((k, at)) = &d.key
+                    && at.elapsed() < KEY_MAX_AGE
+                {
+                    // While busy, the key in hand is used and the Secret read again in the
+                    // background: a slow API server must not hold up delivery every few seconds.
+                    // A key older than KEY_MAX_AGE (the sender was idle) is read first.
                     if at.elapsed() >= KEY_TTL && d.refresh.is_none() {
                         let (client, namespace, spec) = (
                             self.shared.client.clone(),

@@ -338,7 +338,7 @@ async fn a_missing_secret_holds_events_until_it_exists_and_rotation_needs_no_res
     w.wait_ready_condition("True", "Ready").await;
 
     // Rotation: the next event uses the new key, without a restart (the key is read again at
-    // most KEY_TTL after the last read).
+    // most KEY_MAX_AGE after the last read).
     secrets
         .patch(
             "ilert",
@@ -347,7 +347,7 @@ async fn a_missing_secret_holds_events_until_it_exists_and_rotation_needs_no_res
         )
         .await
         .unwrap();
-    tokio::time::sleep(ilert_rollout_controller::controller::KEY_TTL).await;
+    tokio::time::sleep(ilert_rollout_controller::controller::KEY_MAX_AGE).await;
     apply(&w.deployments, "api", &deployment("api", "nginx:1.26", 1)).await;
     let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
     assert_eq!(events[1]["integrationKey"], "ilapid-second");
