@@ -1,5 +1,6 @@
-//! kube-runtime wiring: watches Deployments, Namespaces and IlertPipelines, decides per workload
-//! which pipelines owe an event, and runs one delivery task and one status task per pipeline.
+//! kube-runtime wiring: watches Deployments, their ReplicaSets, Namespaces and IlertPipelines,
+//! decides per workload which pipelines owe an event, and runs one delivery task and one status
+//! task per pipeline.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -470,7 +471,7 @@ pub async fn run(
 
 /// Retry timing of a failed watch: exponential with jitter, capped at 5 s. kube's default caps at
 /// 30 s, which after an API server outage costs up to a minute of blindness (30 s to find it back,
-/// 30 s more after the first 403 of its RBAC cache warming up). Three watches per controller:
+/// 30 s more after the first 403 of its RBAC cache warming up). Four watches per controller:
 /// retrying every few seconds is no burden.
 #[derive(Default)]
 struct WatchBackoff {
@@ -1061,7 +1062,7 @@ fn record_and_queue(
 }
 
 /// Reads the ReplicaSets of a workload: rollback detection, previous images, start time.
-/// One list request per finished rollout, scoped by the workload's own selector.
+/// Only when the ReplicaSet cache lacks the current ReplicaSet; scoped by the workload's selector.
 async fn replica_set_history(client: &Client, w: &WorkloadView, revision: u64) -> History {
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &w.namespace);
     let selector: Selector = w.match_labels.clone().into_iter().collect();
