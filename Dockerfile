@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Built by CI elsewhere (no Docker engine on the development machines); linted here by hadolint.
 
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

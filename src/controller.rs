@@ -318,14 +318,16 @@ enum Input {
     ReplicaSet(Event<ReplicaSetView>),
 }
 
-/// ReplicaSet views by the UID of the workload that controls them, then by their own UID.
-type ReplicaSets = HashMap<String, HashMap<String, ReplicaSetView>>;
+/// ReplicaSet views by the UID of the workload that controls them (a few each: a Vec, not a map).
+type ReplicaSets = HashMap<String, Vec<ReplicaSetView>>;
 
 fn index_replica_set(sets: &mut ReplicaSets, view: ReplicaSetView) {
     if let Some(owner) = view.owner.clone() {
-        sets.entry(owner)
-            .or_default()
-            .insert(view.uid.clone(), view);
+        let owned = sets.entry(owner).or_default();
+        match owned.iter_mut().find(|rs| rs.uid == view.uid) {
+            Some(known) => *known = view,
+            None => owned.push(view),
+        }
     }
 }
 
@@ -710,7 +712,7 @@ impl Brain {
                     if let Some(owner) = &view.owner
                         && let Some(m) = self.replica_sets.get_mut(owner)
                     {
-                        m.remove(&view.uid);
+                        m.retain(|rs| rs.uid != view.uid);
                         if m.is_empty() {
                             self.replica_sets.remove(owner);
                         }
@@ -914,7 +916,7 @@ impl Brain {
                     .get(&w.namespace)
                     .is_some_and(|labels| ns_sel.matches(labels)),
             };
-            ns_ok && sel.workloads.matches(&w.labels)
+            ns_ok && (sel.workloads.selects_all() || sel.workloads.matches(&w.labels.to_btree()))
         }) && !w.ignored();
         if !selected {
             h.selected.remove(workload_uid);
@@ -960,7 +962,7 @@ impl Brain {
         // it yet (the watches are separate streams).
         let cached = self.replica_sets.get(workload_uid);
         let has_current =
-            cached.is_some_and(|m| m.values().any(|rs| rs.revision == Some(finished.revision)));
+            cached.is_some_and(|m| m.iter().any(|rs| rs.revision == Some(finished.revision)));
         let (shared, outbox, pipeline_uid) = (
             self.shared.clone(),
             h.outbox.clone(),
@@ -977,11 +979,7 @@ impl Brain {
             }
         };
         if has_current {
-            let history = History::from_views(
-                w,
-                finished.revision,
-                cached.into_iter().flat_map(|m| m.values()),
-            );
+            let history = History::from_views(w, finished.revision, cached.into_iter().flatten());
             let entry = build(w, history);
             record_and_queue(&self.shared, &outbox, &pipeline_uid, key, entry);
             return;
@@ -1065,7 +1063,7 @@ fn record_and_queue(
 /// Only when the ReplicaSet cache lacks the current ReplicaSet; scoped by the workload's selector.
 async fn replica_set_history(client: &Client, w: &WorkloadView, revision: u64) -> History {
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &w.namespace);
-    let selector: Selector = w.match_labels.clone().into_iter().collect();
+    let selector: Selector = w.match_labels.to_btree().into_iter().collect();
     // From the API server's watch cache (resourceVersion=0): no quorum read from etcd on the
     // path of every event. The current ReplicaSet is older than the rollout's end by far.
     let lp = ListParams::default().labels_from(&selector).match_any();

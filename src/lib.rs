@@ -8,6 +8,7 @@ pub mod ilert;
 pub mod ledger;
 pub mod metrics;
 pub mod pacing;
+pub mod pairs;
 pub mod pipeline;
 pub mod report;
 pub mod rollout;

@@ -15,6 +15,21 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// jemalloc, with a background thread that hands freed pages back to the OS within a second.
+/// Starting with 10,000 Deployments leaves ~33 MiB of live heap behind a peak of ~48 MiB (the
+/// initial lists); glibc's malloc kept ~110 MiB resident for it, jemalloc so configured ~55 MiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's `malloc_conf`, read before the first allocation (so not from code in `main`).
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+// SAFETY: a pointer to an immutable, 'static, NUL-terminated string.
+unsafe impl Sync for MallocConf {}
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ilert-rollout-controller",

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::pairs::Pairs;
 use crate::rollout::{CHANGE_CAUSE_ANNOTATION, Outcome, Rollout};
 
 /// ilert's own GitHub action cuts the summary at 1024 characters.
@@ -59,8 +60,8 @@ pub fn summary(rollout: &Rollout, cluster: &str) -> String {
     truncate(&line, MAX_SUMMARY_CHARS)
 }
 
-fn images_line(images: &BTreeMap<String, String>) -> String {
-    let mut distinct: Vec<&str> = images.values().map(String::as_str).collect();
+fn images_line(images: &Pairs) -> String {
+    let mut distinct: Vec<&str> = images.iter().map(|(_, image)| image).collect();
     distinct.sort_unstable();
     distinct.dedup();
     match distinct.len() {
@@ -136,7 +137,7 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
     if let Some(manager) = &w.template_manager {
         d.insert("changedBy".into(), json!(manager));
     }
-    let app_labels: BTreeMap<&String, &String> = w
+    let app_labels: BTreeMap<&str, &str> = w
         .labels
         .iter()
         .filter(|(k, _)| k.starts_with("app.kubernetes.io/"))

@@ -1,13 +1,13 @@
 //! Pure rollout detection: a Deployment (and, for history, its ReplicaSets) -> its rollout.
 //! No I/O here; unit tests run it over objects captured from the real control plane.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use serde::{Deserialize, Serialize};
+
+use crate::pairs::Pairs;
 
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
@@ -59,9 +59,9 @@ pub struct WorkloadView {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Pairs,
     /// Only the revision, change-cause and `ilert.com/*` annotations.
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Pairs,
     pub generation: i64,
     pub observed_generation: i64,
     pub paused: bool,
@@ -74,12 +74,12 @@ pub struct WorkloadView {
     pub progressing_reason: Option<String>,
     pub progressing_updated: Option<Timestamp>,
     /// Container name -> image, init containers prefixed with `init:`.
-    pub images: BTreeMap<String, String>,
+    pub images: Pairs,
     /// The manager that last changed the pod template, and when (from managedFields).
     pub template_manager: Option<String>,
     pub template_changed_at: Option<Timestamp>,
     /// `spec.selector.matchLabels`, to find the workload's ReplicaSets.
-    pub match_labels: BTreeMap<String, String>,
+    pub match_labels: Pairs,
     pub created_at: Option<Timestamp>,
 }
 
@@ -98,7 +98,7 @@ impl WorkloadView {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone().unwrap_or_default(),
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default().into(),
             annotations: meta
                 .annotations
                 .iter()
@@ -131,7 +131,8 @@ impl WorkloadView {
             template_changed_at,
             match_labels: spec
                 .and_then(|s| s.selector.match_labels.clone())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
             created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
         }
     }
@@ -204,7 +205,7 @@ pub struct History {
     /// The current ReplicaSet was used by earlier revisions (`kubectl rollout undo`, a GitOps revert).
     pub rolled_back_from: Vec<u64>,
     /// Images of the revision before this one.
-    pub previous_images: BTreeMap<String, String>,
+    pub previous_images: Pairs,
     pub previous_revision: Option<u64>,
     /// When the current ReplicaSet was created (a fallback start time for the duration).
     pub replica_set_created_at: Option<Timestamp>,
@@ -220,7 +221,7 @@ pub struct ReplicaSetView {
     pub revision: Option<u64>,
     /// Earlier revisions this ReplicaSet served (`deployment.kubernetes.io/revision-history`).
     pub revision_history: Vec<u64>,
-    pub images: BTreeMap<String, String>,
+    pub images: Pairs,
     pub created_at: Option<Timestamp>,
 }
 
@@ -343,9 +344,9 @@ impl Rollout {
     }
 }
 
-fn images(template: &PodTemplateSpec) -> BTreeMap<String, String> {
+fn images(template: &PodTemplateSpec) -> Pairs {
     let Some(spec) = template.spec.as_ref() else {
-        return BTreeMap::new();
+        return Pairs::default();
     };
     let init = spec
         .init_containers
@@ -452,13 +453,10 @@ mod tests {
         let history = History::from_replica_sets(&w, 2, &replica_sets("replicasets-rev2.json"));
         assert!(history.rolled_back_from.is_empty());
         assert_eq!(history.previous_revision, Some(1));
+        assert_eq!(history.previous_images.get("web"), Some("nginx:1.25"));
+        assert_eq!(w.images.get("web"), Some("nginx:1.26"));
         assert_eq!(
-            history.previous_images.get("web").map(String::as_str),
-            Some("nginx:1.25")
-        );
-        assert_eq!(w.images.get("web").map(String::as_str), Some("nginx:1.26"));
-        assert_eq!(
-            w.images.get("init:migrate").map(String::as_str),
+            w.images.get("init:migrate"),
             Some("ghcr.io/acme/shop-migrate:1.25")
         );
         let r = Rollout::new(&w, done, history, Timestamp::now());
@@ -475,10 +473,7 @@ mod tests {
         let history =
             History::from_replica_sets(&w, 3, &replica_sets("replicasets-rolledback.json"));
         assert_eq!(history.rolled_back_from, vec![1]);
-        assert_eq!(
-            history.previous_images.get("web").map(String::as_str),
-            Some("nginx:1.26")
-        );
+        assert_eq!(history.previous_images.get("web"), Some("nginx:1.26"));
         let r = Rollout::new(&w, done, history, Timestamp::now());
         assert_eq!(r.outcome, Outcome::RolledBack);
     }
@@ -500,9 +495,7 @@ mod tests {
                 .contains_key("kubectl.kubernetes.io/last-applied-configuration")
         );
         assert_eq!(
-            w.annotations
-                .get(CHANGE_CAUSE_ANNOTATION)
-                .map(String::as_str),
+            w.annotations.get(CHANGE_CAUSE_ANNOTATION),
             Some("release 1.25")
         );
         assert!(!format!("{w:?}").contains("do-not-send"));
