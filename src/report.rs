@@ -99,7 +99,7 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
         d.insert("cluster".into(), json!(cluster));
     }
     d.insert("namespace".into(), json!(w.namespace));
-    d.insert("kind".into(), json!(w.kind));
+    d.insert("kind".into(), json!(w.kind.as_str()));
     d.insert("name".into(), json!(w.name));
     d.insert("uid".into(), json!(w.uid));
     d.insert("revision".into(), json!(rollout.revision.to_string()));

@@ -2,9 +2,13 @@
 //! No I/O here; unit tests run it over objects captured from the real control plane.
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ManagedFieldsEntry, ObjectMeta,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::pairs::Pairs;
@@ -51,11 +55,37 @@ pub enum Progress {
     Failed,
 }
 
+/// The kinds of workload whose rollouts are reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What is kept in memory of a watched Deployment: only what rollout detection, selection and the
 /// payload need. Built straight from the watch event so full objects never accumulate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadView {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub uid: String,
@@ -65,11 +95,24 @@ pub struct WorkloadView {
     pub generation: i64,
     pub observed_generation: i64,
     pub paused: bool,
+    /// Deployment and StatefulSet: `spec.replicas`; DaemonSet: `desiredNumberScheduled`.
     pub spec_replicas: i32,
+    /// DaemonSet: `currentNumberScheduled`.
     pub replicas: i32,
+    /// DaemonSet: `updatedNumberScheduled`.
     pub updated_replicas: i32,
+    /// DaemonSet: `numberAvailable`.
     pub available_replicas: i32,
+    /// DaemonSet: `numberReady`.
     pub ready_replicas: i32,
+    /// StatefulSet: `spec.updateStrategy.rollingUpdate.partition` (RollingUpdate only).
+    pub partition: Option<i32>,
+    /// StatefulSet: `status.updateRevision` and `status.currentRevision` (ControllerRevision names).
+    pub update_revision: Option<Box<str>>,
+    pub current_revision: Option<Box<str>>,
+    /// StatefulSet and DaemonSet: the number of the ControllerRevision of the current template,
+    /// which the controller looks up in its ControllerRevision cache ([`resolve_revision`]).
+    pub controller_revision: Option<u64>,
     /// Reason and last update time of the Progressing condition.
     pub progressing_reason: Option<String>,
     pub progressing_updated: Option<Timestamp>,
@@ -84,17 +127,18 @@ pub struct WorkloadView {
 }
 
 impl WorkloadView {
-    pub fn from_deployment(d: &Deployment) -> Self {
-        let meta = &d.metadata;
-        let spec = d.spec.as_ref();
-        let status = d.status.as_ref();
-        let progressing = status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+    /// What every kind shares: identity, labels, kept annotations, images, who changed the
+    /// template. The status fields start at zero for the kind's projection to fill in.
+    fn base(
+        kind: Kind,
+        meta: &ObjectMeta,
+        template: Option<&PodTemplateSpec>,
+        selector: Option<&LabelSelector>,
+    ) -> Self {
         let (template_manager, template_changed_at) =
             template_change(meta.managed_fields.as_deref());
         WorkloadView {
-            kind: "Deployment",
+            kind,
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone().unwrap_or_default(),
@@ -111,6 +155,37 @@ impl WorkloadView {
                 .map(|(k, v)| (k.clone(), crate::report::truncate(v, MAX_ANNOTATION_CHARS)))
                 .collect(),
             generation: meta.generation.unwrap_or(0),
+            observed_generation: 0,
+            paused: false,
+            spec_replicas: 0,
+            replicas: 0,
+            updated_replicas: 0,
+            available_replicas: 0,
+            ready_replicas: 0,
+            progressing_reason: None,
+            progressing_updated: None,
+            images: template.map(images).unwrap_or_default(),
+            template_manager,
+            template_changed_at,
+            match_labels: selector
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default()
+                .into(),
+            created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
+            partition: None,
+            update_revision: None,
+            current_revision: None,
+            controller_revision: None,
+        }
+    }
+
+    pub fn from_deployment(d: &Deployment) -> Self {
+        let spec = d.spec.as_ref();
+        let status = d.status.as_ref();
+        let progressing = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+        WorkloadView {
             observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
             paused: spec.and_then(|s| s.paused).unwrap_or(false),
             spec_replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
@@ -126,14 +201,69 @@ impl WorkloadView {
                         .or(c.last_transition_time.as_ref())
                 })
                 .map(|t| t.0),
-            images: spec.map(|s| images(&s.template)).unwrap_or_default(),
-            template_manager,
-            template_changed_at,
-            match_labels: spec
-                .and_then(|s| s.selector.match_labels.clone())
-                .unwrap_or_default()
-                .into(),
-            created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
+            ..Self::base(
+                Kind::Deployment,
+                &d.metadata,
+                spec.map(|s| &s.template),
+                spec.map(|s| &s.selector),
+            )
+        }
+    }
+
+    /// The revision number comes from the ControllerRevision named `status.updateRevision`
+    /// ([`resolve_revision`]).
+    pub fn from_stateful_set(sts: &StatefulSet) -> Self {
+        let spec = sts.spec.as_ref();
+        let status = sts.status.as_ref();
+        let rolling = spec
+            .and_then(|s| s.update_strategy.as_ref())
+            .filter(|u| u.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate");
+        WorkloadView {
+            observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+            spec_replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+            replicas: status.map(|s| s.replicas).unwrap_or(0),
+            updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
+            ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            // The API server defaults the partition to 0 for RollingUpdate.
+            partition: rolling.map(|u| {
+                u.rolling_update
+                    .as_ref()
+                    .and_then(|r| r.partition)
+                    .unwrap_or(0)
+            }),
+            update_revision: status
+                .and_then(|s| s.update_revision.as_deref())
+                .map(Into::into),
+            current_revision: status
+                .and_then(|s| s.current_revision.as_deref())
+                .map(Into::into),
+            ..Self::base(
+                Kind::StatefulSet,
+                &sts.metadata,
+                spec.map(|s| &s.template),
+                spec.map(|s| &s.selector),
+            )
+        }
+    }
+
+    /// The revision number comes from its newest ControllerRevision ([`resolve_revision`]).
+    pub fn from_daemon_set(ds: &DaemonSet) -> Self {
+        let spec = ds.spec.as_ref();
+        let status = ds.status.as_ref();
+        WorkloadView {
+            observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+            spec_replicas: status.map(|s| s.desired_number_scheduled).unwrap_or(0),
+            replicas: status.map(|s| s.current_number_scheduled).unwrap_or(0),
+            updated_replicas: status.and_then(|s| s.updated_number_scheduled).unwrap_or(0),
+            available_replicas: status.and_then(|s| s.number_available).unwrap_or(0),
+            ready_replicas: status.map(|s| s.number_ready).unwrap_or(0),
+            ..Self::base(
+                Kind::DaemonSet,
+                &ds.metadata,
+                spec.map(|s| &s.template),
+                spec.map(|s| &s.selector),
+            )
         }
     }
 
@@ -143,7 +273,10 @@ impl WorkloadView {
     }
 
     pub fn revision(&self) -> Option<u64> {
-        self.annotations.get(REVISION_ANNOTATION)?.parse().ok()
+        match self.kind {
+            Kind::Deployment => self.annotations.get(REVISION_ANNOTATION)?.parse().ok(),
+            Kind::StatefulSet | Kind::DaemonSet => self.controller_revision,
+        }
     }
 
     pub fn ignored(&self) -> bool {
@@ -152,8 +285,50 @@ impl WorkloadView {
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
-    /// The rule of `kubectl rollout status`, plus: a paused Deployment is never complete.
+    /// The rule of `kubectl rollout status` for the kind, plus: a paused Deployment is never
+    /// complete.
     pub fn progress(&self) -> Progress {
+        match self.kind {
+            Kind::Deployment => self.deployment_progress(),
+            Kind::StatefulSet => self.stateful_set_progress(),
+            Kind::DaemonSet => self.daemon_set_progress(),
+        }
+    }
+
+    /// StatefulSet: every replica ready and, with a partition, the replicas above it updated;
+    /// otherwise (no partition: OnDelete) every replica at the update revision.
+    fn stateful_set_progress(&self) -> Progress {
+        if self.observed_generation == 0 || self.observed_generation < self.generation {
+            return Progress::InProgress;
+        }
+        if self.ready_replicas < self.spec_replicas {
+            return Progress::InProgress;
+        }
+        if let Some(partition) = self.partition {
+            return if self.updated_replicas < self.spec_replicas - partition {
+                Progress::InProgress
+            } else {
+                Progress::Complete
+            };
+        }
+        if self.update_revision != self.current_revision {
+            return Progress::InProgress;
+        }
+        Progress::Complete
+    }
+
+    /// DaemonSet: every scheduled pod updated and available.
+    fn daemon_set_progress(&self) -> Progress {
+        if self.observed_generation < self.generation
+            || self.updated_replicas < self.spec_replicas
+            || self.available_replicas < self.spec_replicas
+        {
+            return Progress::InProgress;
+        }
+        Progress::Complete
+    }
+
+    fn deployment_progress(&self) -> Progress {
         if self.observed_generation < self.generation {
             return Progress::InProgress;
         }
@@ -202,7 +377,11 @@ pub struct Finished {
 /// What the workload's ReplicaSets add to a finished rollout.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
-    /// The current ReplicaSet was used by earlier revisions (`kubectl rollout undo`, a GitOps revert).
+    /// The current template was in use before the previous revision (`kubectl rollout undo`, a
+    /// GitOps revert).
+    pub rolled_back: bool,
+    /// The earlier revisions of the current template, where known (a ReplicaSet's
+    /// `revision-history`; a ControllerRevision keeps no such record).
     pub rolled_back_from: Vec<u64>,
     /// Images of the revision before this one.
     pub previous_images: Pairs,
@@ -230,13 +409,7 @@ impl ReplicaSetView {
         let annotation = |key: &str| rs.metadata.annotations.as_ref()?.get(key).cloned();
         ReplicaSetView {
             uid: rs.metadata.uid.clone().unwrap_or_default(),
-            owner: rs
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true))
-                .map(|o| o.uid.clone()),
+            owner: controller_uid(&rs.metadata),
             revision: annotation(REVISION_ANNOTATION).and_then(|r| r.parse().ok()),
             revision_history: annotation(REVISION_HISTORY_ANNOTATION)
                 .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
@@ -252,7 +425,90 @@ impl ReplicaSetView {
     }
 }
 
+/// What the controller keeps of a ControllerRevision, the history of StatefulSets and DaemonSets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RevisionView {
+    pub name: Box<str>,
+    /// UID of the workload that controls it.
+    pub owner: Option<String>,
+    pub revision: u64,
+    /// The images of the template it holds (`data.spec.template`).
+    pub images: Pairs,
+    pub created_at: Option<Timestamp>,
+}
+
+impl RevisionView {
+    pub fn from_controller_revision(cr: &ControllerRevision) -> Self {
+        let template = cr
+            .data
+            .as_ref()
+            .and_then(|d| d.0.pointer("/spec/template"))
+            .and_then(|t| PodTemplateSpec::deserialize(t).ok());
+        RevisionView {
+            name: cr.metadata.name.as_deref().unwrap_or_default().into(),
+            owner: controller_uid(&cr.metadata),
+            revision: u64::try_from(cr.revision).unwrap_or(0),
+            images: template.as_ref().map(images).unwrap_or_default(),
+            created_at: cr.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        }
+    }
+}
+
+/// The revision number of a StatefulSet's or DaemonSet's current template, from its
+/// ControllerRevisions: for a StatefulSet the one named by `status.updateRevision`, for a
+/// DaemonSet (whose status names none) the newest. None until the ControllerRevision is known.
+pub fn resolve_revision<'a>(
+    workload: &WorkloadView,
+    revisions: impl IntoIterator<Item = &'a RevisionView>,
+) -> Option<u64> {
+    let mut owned = revisions
+        .into_iter()
+        .filter(|r| r.owner.as_deref() == Some(workload.uid.as_str()));
+    match workload.kind {
+        Kind::Deployment => None,
+        Kind::StatefulSet => {
+            let name = workload.update_revision.as_deref()?;
+            owned.find(|r| &*r.name == name).map(|r| r.revision)
+        }
+        Kind::DaemonSet => owned.map(|r| r.revision).max(),
+    }
+}
+
 impl History {
+    /// Reads the history of a StatefulSet or DaemonSet at `revision` from its ControllerRevisions.
+    /// Going back to an earlier template reuses that template's ControllerRevision with a new
+    /// number: a current revision created before the previous one is a rollback.
+    pub fn from_revisions<'a>(
+        workload: &WorkloadView,
+        revision: u64,
+        revisions: impl IntoIterator<Item = &'a RevisionView>,
+    ) -> Self {
+        let owned: Vec<&RevisionView> = revisions
+            .into_iter()
+            .filter(|r| r.owner.as_deref() == Some(workload.uid.as_str()))
+            .collect();
+        let current = owned.iter().find(|r| r.revision == revision);
+        let previous = owned
+            .iter()
+            .filter(|r| r.revision < revision)
+            .max_by_key(|r| r.revision);
+        let rolled_back = matches!(
+            (current.and_then(|c| c.created_at), previous.and_then(|p| p.created_at)),
+            (Some(c), Some(p)) if c < p
+        );
+        History {
+            rolled_back,
+            rolled_back_from: Vec::new(),
+            previous_images: previous.map(|r| r.images.clone()).unwrap_or_default(),
+            previous_revision: previous.map(|r| r.revision),
+            replica_set_created_at: if rolled_back {
+                None
+            } else {
+                current.and_then(|r| r.created_at)
+            },
+        }
+    }
+
     /// Reads the history of `workload` at `revision` from its ReplicaSets (those it owns).
     pub fn from_replica_sets(
         workload: &WorkloadView,
@@ -285,10 +541,12 @@ impl History {
             .iter()
             .filter(|(rev, _)| *rev < revision)
             .max_by_key(|(rev, _)| *rev);
+        let rolled_back_from = current
+            .map(|rs| rs.revision_history.clone())
+            .unwrap_or_default();
         History {
-            rolled_back_from: current
-                .map(|rs| rs.revision_history.clone())
-                .unwrap_or_default(),
+            rolled_back: !rolled_back_from.is_empty(),
+            rolled_back_from,
             previous_images: previous
                 .map(|(_, rs)| rs.images.clone())
                 .unwrap_or_default(),
@@ -318,7 +576,7 @@ impl Rollout {
         now: Timestamp,
     ) -> Self {
         let outcome = match finished.outcome {
-            Outcome::Completed if !history.rolled_back_from.is_empty() => Outcome::RolledBack,
+            Outcome::Completed if history.rolled_back => Outcome::RolledBack,
             other => other,
         };
         let finished_at = finished.finished_at.unwrap_or(now);
@@ -357,6 +615,15 @@ fn images(template: &PodTemplateSpec) -> Pairs {
     init.chain(main)
         .map(|(name, c)| (name, c.image.clone().unwrap_or_default()))
         .collect()
+}
+
+/// UID of the object's controller (its owner reference with `controller: true`).
+fn controller_uid(meta: &ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
 }
 
 /// The field manager that last changed `spec.template` and when, from managedFields: `kubectl`,
@@ -499,5 +766,134 @@ mod tests {
             Some("release 1.25")
         );
         assert!(!format!("{w:?}").contains("do-not-send"));
+    }
+
+    fn revisions(name: &str) -> Vec<RevisionView> {
+        fixture::<k8s_openapi::List<ControllerRevision>>(name)
+            .items
+            .iter()
+            .map(RevisionView::from_controller_revision)
+            .collect()
+    }
+
+    fn stateful_set(name: &str) -> WorkloadView {
+        WorkloadView::from_stateful_set(&fixture::<StatefulSet>(name))
+    }
+
+    fn daemon_set(name: &str) -> WorkloadView {
+        WorkloadView::from_daemon_set(&fixture::<DaemonSet>(name))
+    }
+
+    #[test]
+    fn stateful_sets_and_daemon_sets_follow_kubectl_rollout_status() {
+        for file in [
+            "statefulset-complete.json",
+            "statefulset-scaled.json",
+            "statefulset-rev2-complete.json",
+            // partition 2 of 4 replicas: the 2 above the partition updated is complete.
+            "statefulset-partitioned-complete.json",
+        ] {
+            assert_eq!(stateful_set(file).progress(), Progress::Complete, "{file}");
+        }
+        for file in ["daemonset-complete.json", "daemonset-rev2-complete.json"] {
+            assert_eq!(daemon_set(file).progress(), Progress::Complete, "{file}");
+        }
+
+        let mut sts = stateful_set("statefulset-partitioned-complete.json");
+        sts.updated_replicas = 1;
+        assert_eq!(sts.progress(), Progress::InProgress, "below the partition");
+        let mut sts = stateful_set("statefulset-rev2-complete.json");
+        sts.observed_generation -= 1;
+        assert_eq!(
+            sts.progress(),
+            Progress::InProgress,
+            "spec not observed yet"
+        );
+        let mut sts = stateful_set("statefulset-rev2-complete.json");
+        sts.ready_replicas -= 1;
+        assert_eq!(sts.progress(), Progress::InProgress, "a replica not ready");
+        // OnDelete: no partition; complete once every pod runs the update revision.
+        let mut sts = stateful_set("statefulset-partitioned-complete.json");
+        sts.partition = None;
+        assert_eq!(sts.progress(), Progress::InProgress, "OnDelete, pods left");
+        sts.current_revision = sts.update_revision.clone();
+        assert_eq!(sts.progress(), Progress::Complete, "OnDelete, all replaced");
+
+        let mut ds = daemon_set("daemonset-rev2-complete.json");
+        ds.updated_replicas -= 1;
+        assert_eq!(ds.progress(), Progress::InProgress, "a node not updated");
+        let mut ds = daemon_set("daemonset-rev2-complete.json");
+        ds.available_replicas -= 1;
+        assert_eq!(
+            ds.progress(),
+            Progress::InProgress,
+            "an updated pod not available"
+        );
+    }
+
+    #[test]
+    fn stateful_set_and_daemon_set_revisions_come_from_controller_revisions() {
+        let crs = revisions("controllerrevisions-statefulset.json");
+        let mut first = stateful_set("statefulset-complete.json");
+        assert_eq!(
+            first.revision(),
+            None,
+            "unknown until the ControllerRevision is seen"
+        );
+        first.controller_revision = resolve_revision(&first, &crs);
+        assert_eq!(first.revision(), Some(1));
+        let scaled = stateful_set("statefulset-scaled.json");
+        assert_eq!(
+            resolve_revision(&scaled, &crs),
+            Some(1),
+            "scaling is no new revision"
+        );
+        let mut second = stateful_set("statefulset-rev2-complete.json");
+        second.controller_revision = resolve_revision(&second, &crs);
+        let done = second.finished().expect("revision 2 finished");
+        assert_eq!((done.revision, done.outcome), (2, Outcome::Completed));
+        assert_eq!(second.images.get("postgres"), Some("postgres:16.4"));
+
+        let history = History::from_revisions(&second, 2, &crs);
+        assert!(!history.rolled_back);
+        assert_eq!(history.previous_revision, Some(1));
+        assert_eq!(
+            history.previous_images.get("postgres"),
+            Some("postgres:16.3")
+        );
+        assert_eq!(
+            history.previous_images.get("exporter"),
+            Some("quay.io/prometheuscommunity/postgres-exporter:v0.15.0")
+        );
+
+        let ds_crs = revisions("controllerrevisions-daemonset.json");
+        let ds = daemon_set("daemonset-rev2-complete.json");
+        assert_eq!(resolve_revision(&ds, &ds_crs), Some(2));
+        assert_eq!(
+            resolve_revision(&ds, &crs),
+            None,
+            "another workload's revisions"
+        );
+        let history = History::from_revisions(&ds, 2, &ds_crs);
+        assert_eq!(
+            history.previous_images.get("agent"),
+            Some("ghcr.io/acme/node-agent:2.0")
+        );
+    }
+
+    #[test]
+    fn going_back_to_an_earlier_template_is_a_rollback() {
+        // `kubectl rollout undo` gives the earlier template's ControllerRevision the next number.
+        let mut crs = revisions("controllerrevisions-statefulset.json");
+        crs.iter_mut().find(|r| r.revision == 1).unwrap().revision = 3;
+        let mut sts = stateful_set("statefulset-complete.json");
+        sts.controller_revision = resolve_revision(&sts, &crs);
+        let done = sts.finished().expect("finished");
+        assert_eq!(done.revision, 3);
+        let history = History::from_revisions(&sts, 3, &crs);
+        assert!(history.rolled_back);
+        assert_eq!(history.previous_revision, Some(2));
+        let rollout = Rollout::new(&sts, done, history, Timestamp::now());
+        assert_eq!(rollout.outcome, Outcome::RolledBack);
     }
 }
