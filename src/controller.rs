@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, PartialObjectMeta, Patch, PatchParams};
@@ -32,7 +34,9 @@ use crate::pipeline::{
     IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent, TestEventStatus,
 };
 use crate::report::{self, DeploymentEvent};
-use crate::rollout::{History, ReplicaSetView, Rollout, WorkloadView};
+use crate::rollout::{
+    History, Kind, ReplicaSetView, RevisionView, Rollout, WorkloadView, resolve_revision,
+};
 
 pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
 /// Annotating a pipeline with a new value of this sends one test event.
@@ -188,6 +192,8 @@ struct Selection {
     /// None: the pipeline's own namespace only.
     namespaces: Option<Selector>,
     workloads: Selector,
+    /// `spec.workloads`; absent: every kind.
+    kinds: Vec<Kind>,
 }
 
 struct PipelineHandle {
@@ -306,27 +312,144 @@ fn selection(
     Ok(Selection {
         namespaces,
         workloads,
+        kinds: spec.workloads.clone().unwrap_or_else(|| Kind::ALL.to_vec()),
     })
 }
 
 enum Input {
-    /// Projected to the compact view as soon as it arrives: full Deployments never pile up.
-    Workload(Event<WorkloadView>),
+    /// Projected to the compact view as soon as it arrives: full workloads never pile up.
+    Workload(Kind, Event<WorkloadView>),
     Pipeline(Box<Event<IlertPipeline>>),
     Namespace(Event<PartialObjectMeta<Namespace>>),
     /// Projected too: what the history of a rollout needs, so no list on the path of an event.
     ReplicaSet(Event<ReplicaSetView>),
+    /// StatefulSet and DaemonSet history (and their revision numbers), projected likewise.
+    Revision(Event<RevisionView>),
 }
 
-/// ReplicaSet views by the UID of the workload that controls them (a few each: a Vec, not a map).
-type ReplicaSets = HashMap<String, Vec<ReplicaSetView>>;
+/// The watches whose first list must be in before the backlog is decided.
+#[derive(Clone, Copy)]
+enum Watch {
+    Deployments,
+    Pipelines,
+    Namespaces,
+    ReplicaSets,
+    StatefulSets,
+    DaemonSets,
+    Revisions,
+}
 
-fn index_replica_set(sets: &mut ReplicaSets, view: ReplicaSetView) {
-    if let Some(owner) = view.owner.clone() {
-        let owned = sets.entry(owner).or_default();
-        match owned.iter_mut().find(|rs| rs.uid == view.uid) {
-            Some(known) => *known = view,
-            None => owned.push(view),
+impl Watch {
+    const COUNT: usize = 7;
+
+    fn of(kind: Kind) -> Self {
+        match kind {
+            Kind::Deployment => Watch::Deployments,
+            Kind::StatefulSet => Watch::StatefulSets,
+            Kind::DaemonSet => Watch::DaemonSets,
+        }
+    }
+}
+
+/// A view of an object that a workload controls: a ReplicaSet, a ControllerRevision.
+trait OwnedView {
+    fn owner(&self) -> Option<&str>;
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl OwnedView for ReplicaSetView {
+    fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+    fn same(&self, other: &Self) -> bool {
+        self.uid == other.uid
+    }
+}
+
+impl OwnedView for RevisionView {
+    fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+    fn same(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// What a watch event did to an [`OwnedCache`].
+enum Applied {
+    /// A (re-)list is complete.
+    Synced,
+    /// The objects of this owner changed.
+    Owner(String),
+    Nothing,
+}
+
+/// Views of owned objects by the UID of the workload that controls them (a few each: a Vec, not
+/// a map), kept from a watch so the history of a rollout needs no list.
+struct OwnedCache<V> {
+    by_owner: HashMap<String, Vec<V>>,
+    init: Option<HashMap<String, Vec<V>>>,
+}
+
+impl<V> Default for OwnedCache<V> {
+    fn default() -> Self {
+        OwnedCache {
+            by_owner: HashMap::new(),
+            init: None,
+        }
+    }
+}
+
+impl<V: OwnedView> OwnedCache<V> {
+    fn get(&self, owner: &str) -> &[V] {
+        self.by_owner.get(owner).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn apply(&mut self, ev: Event<V>) -> Applied {
+        match ev {
+            Event::Init => {
+                self.init = Some(HashMap::new());
+                Applied::Nothing
+            }
+            Event::InitApply(view) => {
+                if let Some(m) = self.init.as_mut() {
+                    Self::insert(m, view);
+                }
+                Applied::Nothing
+            }
+            Event::InitDone => {
+                self.by_owner = self.init.take().unwrap_or_default();
+                Applied::Synced
+            }
+            Event::Apply(view) => match view.owner().map(str::to_string) {
+                Some(owner) => {
+                    Self::insert(&mut self.by_owner, view);
+                    Applied::Owner(owner)
+                }
+                None => Applied::Nothing,
+            },
+            Event::Delete(view) => {
+                let Some(owner) = view.owner().map(str::to_string) else {
+                    return Applied::Nothing;
+                };
+                if let Some(m) = self.by_owner.get_mut(&owner) {
+                    m.retain(|v| !v.same(&view));
+                    if m.is_empty() {
+                        self.by_owner.remove(&owner);
+                    }
+                }
+                Applied::Owner(owner)
+            }
+        }
+    }
+
+    fn insert(map: &mut HashMap<String, Vec<V>>, view: V) {
+        if let Some(owner) = view.owner() {
+            let owned = map.entry(owner.to_string()).or_default();
+            match owned.iter_mut().find(|v| v.same(&view)) {
+                Some(known) => *known = view,
+                None => owned.push(view),
+            }
         }
     }
 }
@@ -337,12 +460,13 @@ struct Brain {
     workloads: HashMap<String, WorkloadView>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     pipelines: HashMap<String, PipelineHandle>,
-    init_workloads: Option<HashMap<String, WorkloadView>>,
+    /// Per kind: the list in progress.
+    init_workloads: HashMap<Kind, HashMap<String, WorkloadView>>,
     init_namespaces: Option<HashMap<String, BTreeMap<String, String>>>,
     init_pipelines: Option<HashSet<String>>,
-    replica_sets: ReplicaSets,
-    init_replica_sets: Option<ReplicaSets>,
-    synced: [bool; 4],
+    replica_sets: OwnedCache<ReplicaSetView>,
+    revisions: OwnedCache<RevisionView>,
+    synced: [bool; Watch::COUNT],
     readiness: Readiness,
     /// Only the lease holder sends and writes; every replica watches, so failover is instant.
     leading: bool,
@@ -404,12 +528,35 @@ pub async fn run(
     if let Some(sel) = &cfg.pipeline_selector {
         pipeline_cfg = pipeline_cfg.labels(sel);
     }
-    let workloads = watcher(
+    let deployments = watcher(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default().page_size(500),
     )
     .backoff(WatchBackoff::default())
-    .map_ok(|ev| Input::Workload(project(ev, WorkloadView::from_deployment)));
+    .map_ok(|ev| Input::Workload(Kind::Deployment, project(ev, WorkloadView::from_deployment)));
+    let stateful_sets = watcher(
+        Api::<StatefulSet>::all(client.clone()),
+        watcher::Config::default().page_size(500),
+    )
+    .backoff(WatchBackoff::default())
+    .map_ok(|ev| {
+        Input::Workload(
+            Kind::StatefulSet,
+            project(ev, WorkloadView::from_stateful_set),
+        )
+    });
+    let daemon_sets = watcher(
+        Api::<DaemonSet>::all(client.clone()),
+        watcher::Config::default().page_size(500),
+    )
+    .backoff(WatchBackoff::default())
+    .map_ok(|ev| Input::Workload(Kind::DaemonSet, project(ev, WorkloadView::from_daemon_set)));
+    let revisions = watcher(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default().page_size(500),
+    )
+    .backoff(WatchBackoff::default())
+    .map_ok(|ev| Input::Revision(project(ev, RevisionView::from_controller_revision)));
     let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg)
         .backoff(WatchBackoff::default())
         .map_ok(|ev| Input::Pipeline(Box::new(ev)));
@@ -425,22 +572,27 @@ pub async fn run(
     )
     .backoff(WatchBackoff::default())
     .map_ok(|ev| Input::ReplicaSet(project(ev, ReplicaSetView::from_replica_set)));
-    let mut inputs = stream::select(
-        stream::select(workloads.boxed(), pipelines.boxed()),
-        stream::select(namespaces.boxed(), replica_sets.boxed()),
-    );
+    let mut inputs = stream::select_all([
+        deployments.boxed(),
+        stateful_sets.boxed(),
+        daemon_sets.boxed(),
+        pipelines.boxed(),
+        namespaces.boxed(),
+        replica_sets.boxed(),
+        revisions.boxed(),
+    ]);
 
     let mut brain = Brain {
         shared,
         workloads: HashMap::new(),
         namespaces: HashMap::new(),
         pipelines: HashMap::new(),
-        init_workloads: None,
+        init_workloads: HashMap::new(),
         init_namespaces: None,
         init_pipelines: None,
-        replica_sets: HashMap::new(),
-        init_replica_sets: None,
-        synced: [false; 4],
+        replica_sets: OwnedCache::default(),
+        revisions: OwnedCache::default(),
+        synced: [false; Watch::COUNT],
         readiness,
         leading: false,
     };
@@ -583,31 +735,36 @@ impl Brain {
 
     async fn handle(&mut self, input: Input) {
         match input {
-            Input::Workload(ev) => match ev {
-                Event::Init => self.init_workloads = Some(HashMap::new()),
+            Input::Workload(kind, ev) => match ev {
+                Event::Init => {
+                    self.init_workloads.insert(kind, HashMap::new());
+                }
                 Event::InitApply(view) => {
-                    if let Some(m) = self.init_workloads.as_mut() {
+                    let view = self.with_revision(view);
+                    if let Some(m) = self.init_workloads.get_mut(&kind) {
                         m.insert(view.uid.clone(), view);
                     }
                 }
                 Event::InitDone => {
-                    let fresh = self.init_workloads.take().unwrap_or_default();
+                    let fresh = self.init_workloads.remove(&kind).unwrap_or_default();
                     let gone: Vec<String> = self
                         .workloads
-                        .keys()
-                        .filter(|k| !fresh.contains_key(*k))
-                        .cloned()
+                        .iter()
+                        .filter(|(k, w)| w.kind == kind && !fresh.contains_key(*k))
+                        .map(|(k, _)| k.clone())
                         .collect();
-                    self.workloads = fresh;
+                    self.workloads.retain(|_, w| w.kind != kind);
+                    self.workloads.extend(fresh);
                     for uid in gone {
                         for p in self.pipelines.values_mut() {
                             p.selected.remove(&uid);
                         }
                     }
-                    self.synced[0] = true;
+                    self.synced[Watch::of(kind) as usize] = true;
                     self.after_resync().await;
                 }
                 Event::Apply(view) => {
+                    let view = self.with_revision(view);
                     let uid = view.uid.clone();
                     self.workloads.insert(uid.clone(), view);
                     if self.all_synced() {
@@ -615,6 +772,7 @@ impl Brain {
                     }
                 }
                 Event::Delete(view) => {
+                    let view = self.with_revision(view);
                     let uid = view.uid.clone();
                     // Its last state may hold a finished rollout not yet seen.
                     self.workloads.insert(uid.clone(), view);
@@ -640,7 +798,7 @@ impl Brain {
                 }
                 Event::InitDone => {
                     self.namespaces = self.init_namespaces.take().unwrap_or_default();
-                    self.synced[1] = true;
+                    self.synced[Watch::Namespaces as usize] = true;
                     self.after_resync().await;
                 }
                 Event::Apply(ns) => {
@@ -684,7 +842,7 @@ impl Brain {
                     for uid in gone {
                         self.remove_pipeline(&uid).await;
                     }
-                    self.synced[2] = true;
+                    self.synced[Watch::Pipelines as usize] = true;
                     self.after_resync().await;
                 }
                 Event::Apply(p) => {
@@ -695,31 +853,48 @@ impl Brain {
                 }
                 Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
             },
-            Input::ReplicaSet(ev) => match ev {
-                Event::Init => self.init_replica_sets = Some(HashMap::new()),
-                Event::InitApply(view) => {
-                    if let Some(m) = self.init_replica_sets.as_mut() {
-                        index_replica_set(m, view);
-                    }
-                }
-                Event::InitDone => {
-                    self.replica_sets = self.init_replica_sets.take().unwrap_or_default();
-                    self.synced[3] = true;
+            Input::ReplicaSet(ev) => {
+                if let Applied::Synced = self.replica_sets.apply(ev) {
+                    self.synced[Watch::ReplicaSets as usize] = true;
                     self.after_resync().await;
                 }
-                Event::Apply(view) => index_replica_set(&mut self.replica_sets, view),
-                Event::Delete(view) => {
-                    if let Some(owner) = &view.owner
-                        && let Some(m) = self.replica_sets.get_mut(owner)
-                    {
-                        m.retain(|rs| rs.uid != view.uid);
-                        if m.is_empty() {
-                            self.replica_sets.remove(owner);
+            }
+            Input::Revision(ev) => match self.revisions.apply(ev) {
+                Applied::Synced => {
+                    let revisions = &self.revisions;
+                    for w in self.workloads.values_mut() {
+                        if w.kind != Kind::Deployment {
+                            w.controller_revision = resolve_revision(w, revisions.get(&w.uid));
+                        }
+                    }
+                    self.synced[Watch::Revisions as usize] = true;
+                    self.after_resync().await;
+                }
+                // A new ControllerRevision can be what completes a StatefulSet's or DaemonSet's
+                // rollout in our eyes: the watches are separate streams.
+                Applied::Owner(owner) => {
+                    let Some(w) = self.workloads.get_mut(&owner) else {
+                        return;
+                    };
+                    let revision = resolve_revision(w, self.revisions.get(&owner));
+                    if revision != w.controller_revision {
+                        w.controller_revision = revision;
+                        if self.all_synced() {
+                            self.evaluate_workload(&owner);
                         }
                     }
                 }
+                Applied::Nothing => {}
             },
         }
+    }
+
+    /// A StatefulSet's or DaemonSet's view with its revision number from the ControllerRevisions.
+    fn with_revision(&self, mut view: WorkloadView) -> WorkloadView {
+        if view.kind != Kind::Deployment {
+            view.controller_revision = resolve_revision(&view, self.revisions.get(&view.uid));
+        }
+        view
     }
 
     /// After a (re-)list: decide every workload against every pipeline, forget state of pipelines
@@ -916,7 +1091,9 @@ impl Brain {
                     .get(&w.namespace)
                     .is_some_and(|labels| ns_sel.matches(labels)),
             };
-            ns_ok && (sel.workloads.selects_all() || sel.workloads.matches(&w.labels.to_btree()))
+            ns_ok
+                && sel.kinds.contains(&w.kind)
+                && (sel.workloads.selects_all() || sel.workloads.matches(&w.labels.to_btree()))
         }) && !w.ignored();
         if !selected {
             h.selected.remove(workload_uid);
@@ -929,7 +1106,9 @@ impl Brain {
         let Some(finished) = w.finished() else { return };
         let key = RolloutKey::new(workload_uid, &finished);
         let times = Times {
-            finished: finished.finished_at,
+            // StatefulSets and DaemonSets stamp no finish time: when their template last changed
+            // stands in, so that those untouched since before the pipeline are its baseline.
+            finished: finished.finished_at.or(w.template_changed_at),
             workload_created: w.created_at,
             pipeline_created: h.created,
         };
@@ -959,10 +1138,12 @@ impl Brain {
             s.dirty = true;
         }
         // The history from the ReplicaSet cache; a list only if the current ReplicaSet is not in
-        // it yet (the watches are separate streams).
+        // it yet (the watches are separate streams). A StatefulSet's or DaemonSet's revision was
+        // found in the ControllerRevision cache, so its history is there.
         let cached = self.replica_sets.get(workload_uid);
-        let has_current =
-            cached.is_some_and(|m| m.iter().any(|rs| rs.revision == Some(finished.revision)));
+        let has_current = cached
+            .iter()
+            .any(|rs| rs.revision == Some(finished.revision));
         let (shared, outbox, pipeline_uid) = (
             self.shared.clone(),
             h.outbox.clone(),
@@ -978,8 +1159,15 @@ impl Brain {
                 test: None,
             }
         };
+        if w.kind != Kind::Deployment {
+            let history =
+                History::from_revisions(w, finished.revision, self.revisions.get(workload_uid));
+            let entry = build(w, history);
+            record_and_queue(&self.shared, &outbox, &pipeline_uid, key, entry);
+            return;
+        }
         if has_current {
-            let history = History::from_views(w, finished.revision, cached.into_iter().flatten());
+            let history = History::from_views(w, finished.revision, cached);
             let entry = build(w, history);
             record_and_queue(&self.shared, &outbox, &pipeline_uid, key, entry);
             return;

@@ -2,6 +2,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
+
+use crate::rollout::Kind;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +79,11 @@ pub struct IlertPipelineSpec {
     /// Workloads to report, by their labels. Absent or `{}`: every workload in the selected namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+
+    /// Kinds of workload to report: Deployment, StatefulSet, DaemonSet. Absent: all three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub workloads: Option<Vec<Kind>>,
 
     /// Stops sending while true. Rollouts that finish meanwhile are kept and sent when it is set back to false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ManagedFieldsEntry, ObjectMeta,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::pairs::Pairs;
@@ -56,7 +57,9 @@ pub enum Progress {
 }
 
 /// The kinds of workload whose rollouts are reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Kind {
     Deployment,
     StatefulSet,

@@ -8,6 +8,7 @@ mod controller;
 mod docs;
 mod examples;
 mod operations;
+mod sets;
 #[allow(dead_code)]
 mod support;
 #[allow(dead_code)]
