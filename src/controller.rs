@@ -26,17 +26,21 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
 use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times};
 use crate::metrics::{Metrics, PipelineLabels};
 use crate::pacing::{Budget, Plan, backoff, retry_after};
 use crate::pipeline::{
-    IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent, TestEventStatus,
+    AlertPriority, AlertsSpec, IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent,
+    SecretKeyRef, TestEventStatus,
 };
 use crate::report::{self, DeploymentEvent};
 use crate::rollout::{
-    History, Kind, ReplicaSetView, RevisionView, Rollout, WorkloadView, resolve_revision,
+    Finished, History, Kind, Outcome, ReplicaSetView, RevisionView, Rollout, WorkloadView,
+    resolve_revision,
 };
+use crate::template::Templates;
 
 pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
 /// Annotating a pipeline with a new value of this sends one test event.
@@ -51,6 +55,8 @@ pub struct Config {
     pub trusted_namespaces: Vec<String>,
     pub cluster_name: String,
     pub rate_limit_per_minute: u32,
+    /// The same for alert source keys (`spec.alerts`).
+    pub alert_rate_limit_per_minute: u32,
     /// Serve only pipelines with these labels (splits a cluster, or isolates tests).
     pub pipeline_selector: Option<String>,
     /// Longest wait between retries of an unavailable ilert.
@@ -108,6 +114,8 @@ struct Stats {
     config_problem: Option<Problem>,
     delivery_problem: Option<Problem>,
     suspended: bool,
+    /// Alert stats only: `spec.alerts` is set.
+    enabled: bool,
     dirty: bool,
 }
 
@@ -194,6 +202,10 @@ struct Selection {
     workloads: Selector,
     /// `spec.workloads`; absent: every kind.
     kinds: Vec<Kind>,
+    /// `spec.template`, checked.
+    templates: Option<Arc<Templates>>,
+    /// `spec.alerts`: failed rollouts page.
+    alerts: Option<AlertsSpec>,
 }
 
 struct PipelineHandle {
@@ -212,6 +224,9 @@ struct PipelineHandle {
     selected: HashSet<String>,
     outbox: Arc<Outbox>,
     stats: Arc<Mutex<Stats>>,
+    /// Alerts and resolves (`spec.alerts`): their own queue, ledger and counters.
+    alert_outbox: Arc<Outbox>,
+    alert_stats: Arc<Mutex<Stats>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -220,13 +235,18 @@ impl PipelineHandle {
     /// counters from the last status seen.
     fn start(&mut self, shared: &Arc<Shared>) {
         self.stop();
-        self.outbox.clear();
-        for (key, entry) in shared.ledger.pending(&self.uid) {
-            self.outbox.push(QueuedEvent {
-                key,
-                entry,
-                queued_at: Instant::now(),
-            });
+        let alerts_ledger = alerts::ledger_id(&self.uid);
+        for (outbox, ledger_id) in [
+            (&self.outbox, &self.uid),
+            (&self.alert_outbox, &alerts_ledger),
+        ] {
+            for (key, entry) in shared.ledger.pending(ledger_id) {
+                outbox.push(QueuedEvent {
+                    key,
+                    entry,
+                    queued_at: Instant::now(),
+                });
+            }
         }
         {
             let mut s = lock(&self.stats);
@@ -236,16 +256,30 @@ impl PipelineHandle {
             s.test_event = self.last_status.test_event.clone();
             s.dirty = true;
         }
-        let sender = Sender {
+        {
+            let mut s = lock(&self.alert_stats);
+            s.sent = self.last_status.alerts_sent.unwrap_or(0);
+            s.failed = self.last_status.alerts_failed.unwrap_or(0);
+            s.dirty = true;
+        }
+        let sender = |channel, uid: &str, outbox: &Arc<Outbox>, stats: &Arc<Mutex<Stats>>| Sender {
             shared: shared.clone(),
-            uid: self.uid.clone(),
+            channel,
+            uid: uid.to_string(),
             namespace: self.namespace.clone(),
             reference: self.reference.clone(),
-            outbox: self.outbox.clone(),
-            stats: self.stats.clone(),
+            outbox: outbox.clone(),
+            stats: stats.clone(),
             spec: self.spec_tx.subscribe(),
             shutdown: shared.shutdown.clone(),
         };
+        let deployments = sender(Channel::Deployments, &self.uid, &self.outbox, &self.stats);
+        let alerts = sender(
+            Channel::Alerts,
+            &alerts_ledger,
+            &self.alert_outbox,
+            &self.alert_stats,
+        );
         let status = StatusWriter {
             shared: shared.clone(),
             namespace: self.namespace.clone(),
@@ -253,8 +287,14 @@ impl PipelineHandle {
             reference: self.reference.clone(),
             outbox: self.outbox.clone(),
             stats: self.stats.clone(),
+            alert_outbox: self.alert_outbox.clone(),
+            alert_stats: self.alert_stats.clone(),
         };
-        self.tasks = vec![tokio::spawn(sender.run()), tokio::spawn(status.run())];
+        self.tasks = vec![
+            tokio::spawn(deployments.run()),
+            tokio::spawn(alerts.run()),
+            tokio::spawn(status.run()),
+        ];
     }
 
     /// Stops sending at once (leadership lost, pipeline deleted).
@@ -263,6 +303,7 @@ impl PipelineHandle {
             t.abort();
         }
         self.outbox.clear();
+        self.alert_outbox.clear();
     }
 }
 
@@ -309,10 +350,21 @@ fn selection(
             message: format!("spec.selector is invalid: {e}"),
         })?,
     };
+    let templates = match &spec.template {
+        None => None,
+        Some(t) => Some(Arc::new(Templates::check(t).map_err(|e| Problem {
+            reason: "InvalidTemplate",
+            message: format!(
+                "spec.template does not render: {e}; no events are sent until it is fixed, then the latest rollout of each workload is"
+            ),
+        })?)),
+    };
     Ok(Selection {
         namespaces,
         workloads,
         kinds: spec.workloads.clone().unwrap_or_else(|| Kind::ALL.to_vec()),
+        templates,
+        alerts: spec.alerts.clone(),
     })
 }
 
@@ -924,16 +976,16 @@ impl Brain {
         for stale in ledger
             .pipelines()
             .into_iter()
-            .filter(|p| !self.pipelines.contains_key(p))
+            .filter(|p| !self.pipelines.contains_key(alerts::pipeline_of(p)))
         {
             info!(pipeline_uid = %stale, "removing delivery state of a pipeline that no longer exists");
             if let Err(e) = ledger.forget_pipeline(&stale).await {
                 warn!(error = %e, "could not remove delivery state of a deleted pipeline");
             }
         }
-        for uid in &uids {
+        for uid in uids.iter().flat_map(|u| [u.clone(), alerts::ledger_id(u)]) {
             let alive = |w: &str| self.workloads.contains_key(w);
-            let n = ledger.prune(uid, &alive);
+            let n = ledger.prune(&uid, &alive);
             if n > 0 {
                 debug!(pipeline_uid = %uid, pruned = n, "pruning delivery state of deleted workloads");
             }
@@ -981,6 +1033,13 @@ impl Brain {
                 s.dirty = true;
             }
             drop(s);
+            let mut a = lock(&h.alert_stats);
+            if a.enabled != p.spec.alerts.is_some() || a.suspended != p.spec.suspend {
+                a.enabled = p.spec.alerts.is_some();
+                a.suspended = p.spec.suspend;
+                a.dirty = true;
+            }
+            drop(a);
             h.selection = sel.ok();
             self.maybe_test_event(&uid);
             return uid;
@@ -988,6 +1047,12 @@ impl Brain {
         let stats = Arc::new(Mutex::new(Stats {
             generation: p.metadata.generation,
             config_problem: sel.as_ref().err().cloned(),
+            suspended: p.spec.suspend,
+            dirty: true,
+            ..Default::default()
+        }));
+        let alert_stats = Arc::new(Mutex::new(Stats {
+            enabled: p.spec.alerts.is_some(),
             suspended: p.spec.suspend,
             dirty: true,
             ..Default::default()
@@ -1014,6 +1079,8 @@ impl Brain {
             selected: HashSet::new(),
             outbox: Arc::new(Outbox::default()),
             stats,
+            alert_outbox: Arc::new(Outbox::default()),
+            alert_stats,
             tasks: Vec::new(),
         };
         if self.leading {
@@ -1031,8 +1098,10 @@ impl Brain {
             if !self.leading {
                 return;
             }
-            if let Err(e) = self.shared.ledger.forget_pipeline(uid).await {
-                warn!(error = %e, "could not remove delivery state of a deleted pipeline");
+            for id in [uid.to_string(), alerts::ledger_id(uid)] {
+                if let Err(e) = self.shared.ledger.forget_pipeline(&id).await {
+                    warn!(error = %e, "could not remove delivery state of a deleted pipeline");
+                }
             }
         }
     }
@@ -1112,30 +1181,53 @@ impl Brain {
             workload_created: w.created_at,
             pipeline_created: h.created,
         };
-        match self.shared.ledger.decide(pipeline_uid, &key, times) {
-            Decision::Report => {}
-            Decision::Known | Decision::Superseded => return,
+        let ledger = &self.shared.ledger;
+        let report = match ledger.decide(pipeline_uid, &key, times) {
+            Decision::Report => true,
+            Decision::Known | Decision::Superseded => false,
             Decision::Baseline => {
                 debug!(workload = %w.reference(), revision = finished.revision, "finished before the pipeline existed: baseline, not reported");
-                return;
+                false
             }
+        };
+        // Alerts decide on their own ledger: a crash between the two claims loses neither.
+        let alerts_ledger = alerts::ledger_id(pipeline_uid);
+        let alert = h
+            .selection
+            .as_ref()
+            .and_then(|s| s.alerts.as_ref())
+            .and_then(|spec| {
+                let baseline = key.outcome == Outcome::Failed
+                    && ledger.decide(&alerts_ledger, &key, times) == Decision::Baseline;
+                if baseline {
+                    return None;
+                }
+                let known = ledger.entries_of(&alerts_ledger, workload_uid);
+                let action = alerts::action(&key, known.iter().map(|(k, e)| (k, e)))?;
+                Some((action, spec.priority))
+            });
+        if !report && alert.is_none() {
+            return;
         }
-        info!(workload = %w.reference(), revision = finished.revision, outcome = finished.outcome.as_str(), pipeline = %format!("{}/{}", h.namespace, h.name), "rollout finished");
-        self.shared.ledger.claim(
-            pipeline_uid,
-            key.clone(),
-            Entry {
-                state: State::Pending,
-                workload: w.reference(),
-                event: None,
-                reported_outcome: None,
-                test: None,
-            },
-        );
-        {
+        let pending = Entry {
+            state: State::Pending,
+            workload: w.reference(),
+            event: None,
+            reported_outcome: None,
+            test: None,
+            alert: None,
+        };
+        let pipeline = format!("{}/{}", h.namespace, h.name);
+        if report {
+            info!(workload = %w.reference(), revision = finished.revision, outcome = finished.outcome.as_str(), pipeline = %pipeline, "rollout finished");
+            ledger.claim(pipeline_uid, key.clone(), pending.clone());
             let mut s = lock(&h.stats);
             s.pending += 1;
             s.dirty = true;
+        }
+        if let Some((action, _)) = alert {
+            info!(workload = %w.reference(), revision = finished.revision, action = ?action, pipeline = %pipeline, "alert to send");
+            ledger.claim(&alerts_ledger, key.clone(), pending);
         }
         // The history from the ReplicaSet cache; a list only if the current ReplicaSet is not in
         // it yet (the watches are separate streams). A StatefulSet's or DaemonSet's revision was
@@ -1144,43 +1236,34 @@ impl Brain {
         let has_current = cached
             .iter()
             .any(|rs| rs.revision == Some(finished.revision));
-        let (shared, outbox, pipeline_uid) = (
-            self.shared.clone(),
-            h.outbox.clone(),
-            pipeline_uid.to_string(),
-        );
-        let build = move |view: &WorkloadView, history: History| {
-            let rollout = Rollout::new(view, finished, history, Timestamp::now());
-            Entry {
-                state: State::Pending,
-                workload: view.reference(),
-                event: Some(report::deployment_event(&rollout, &shared.cfg.cluster_name)),
-                reported_outcome: Some(rollout.outcome),
-                test: None,
-            }
+        let plan = ToQueue {
+            shared: self.shared.clone(),
+            pipeline_uid: pipeline_uid.to_string(),
+            pipeline,
+            key,
+            finished,
+            templates: h.selection.as_ref().and_then(|s| s.templates.clone()),
+            outbox: report.then(|| h.outbox.clone()),
+            alert: alert.map(|(action, priority)| (action, priority, h.alert_outbox.clone())),
         };
         if w.kind != Kind::Deployment {
             let history =
                 History::from_revisions(w, finished.revision, self.revisions.get(workload_uid));
-            let entry = build(w, history);
-            record_and_queue(&self.shared, &outbox, &pipeline_uid, key, entry);
+            plan.queue(w, history);
             return;
         }
         if has_current {
             let history = History::from_views(w, finished.revision, cached);
-            let entry = build(w, history);
-            record_and_queue(&self.shared, &outbox, &pipeline_uid, key, entry);
+            plan.queue(w, history);
             return;
         }
         let view = w.clone();
-        let shared = self.shared.clone();
         tokio::spawn(async move {
             let history = {
-                let _permit = shared.history_lists.acquire().await;
-                replica_set_history(&shared.client, &view, finished.revision).await
+                let _permit = plan.shared.history_lists.acquire().await;
+                replica_set_history(&plan.shared.client, &view, finished.revision).await
             };
-            let entry = build(&view, history);
-            record_and_queue(&shared, &outbox, &pipeline_uid, key, entry);
+            plan.queue(&view, history);
         });
     }
 
@@ -1221,9 +1304,89 @@ impl Brain {
             )),
             reported_outcome: None,
             test: Some(value),
+            alert: None,
         };
         record_and_queue(&self.shared, &h.outbox, pipeline_uid, key, entry);
     }
+}
+
+/// What to queue for one finished rollout of one pipeline, once its history is known.
+struct ToQueue {
+    shared: Arc<Shared>,
+    pipeline_uid: String,
+    /// `namespace/name`, for logs.
+    pipeline: String,
+    key: RolloutKey,
+    finished: Finished,
+    templates: Option<Arc<Templates>>,
+    /// The deployment event's queue, when it is to be reported.
+    outbox: Option<Arc<Outbox>>,
+    /// The alert or resolve, its priority and the alerts queue.
+    alert: Option<(alerts::Action, Option<AlertPriority>, Arc<Outbox>)>,
+}
+
+impl ToQueue {
+    /// Builds the deployment event (and the alert from it), records them pending and queues them.
+    fn queue(self, view: &WorkloadView, history: History) {
+        let rollout = Rollout::new(view, self.finished, history, Timestamp::now());
+        let cluster = &self.shared.cfg.cluster_name;
+        let (event, warnings) =
+            report::deployment_event(&rollout, cluster, self.templates.as_deref());
+        if !warnings.is_empty() {
+            template_warnings(&self.shared, view, &self.pipeline, warnings);
+        }
+        if let Some((action, priority, outbox)) = &self.alert {
+            let alert = alerts::event(*action, &event, &view.reference(), cluster, *priority);
+            let entry = Entry {
+                state: State::Pending,
+                workload: view.reference(),
+                event: None,
+                reported_outcome: Some(rollout.outcome),
+                test: None,
+                alert: Some(alert),
+            };
+            let ledger_id = alerts::ledger_id(&self.pipeline_uid);
+            record_and_queue(&self.shared, outbox, &ledger_id, self.key.clone(), entry);
+        }
+        if let Some(outbox) = &self.outbox {
+            let entry = Entry {
+                state: State::Pending,
+                workload: view.reference(),
+                event: Some(event),
+                reported_outcome: Some(rollout.outcome),
+                test: None,
+                alert: None,
+            };
+            record_and_queue(&self.shared, outbox, &self.pipeline_uid, self.key, entry);
+        }
+    }
+}
+
+/// A template or `ilert.com/*` annotation that did not render: the event went out without it;
+/// the log and a Warning Event on the workload say which and why.
+fn template_warnings(
+    shared: &Arc<Shared>,
+    view: &WorkloadView,
+    pipeline: &str,
+    warnings: Vec<String>,
+) {
+    let note = warnings.join("; ");
+    warn!(workload = %view.reference(), pipeline = %pipeline, problem = %note, "part of the event did not render and was left out");
+    let Some(reference) = workload_reference(&view.reference()) else {
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        publish(
+            &shared.recorder,
+            &reference,
+            EventType::Warning,
+            "TemplateFailed",
+            &format!("Reported to ilert without the part that did not render: {note}"),
+            None,
+        )
+        .await;
+    });
 }
 
 /// Records an event as pending and queues it at once. The pending write and the send race: a
@@ -1291,6 +1454,8 @@ struct Done {
 /// [`MAX_IN_FLIGHT`] requests at once (never two for the same workload).
 struct Sender {
     shared: Arc<Shared>,
+    channel: Channel,
+    /// The ledger the channel records in: the pipeline's uid, or its alerts ledger.
     uid: String,
     namespace: String,
     reference: ObjectReference,
@@ -1298,6 +1463,40 @@ struct Sender {
     stats: Arc<Mutex<Stats>>,
     spec: watch::Receiver<IlertPipelineSpec>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// What a sender delivers: deployment events to the pipeline's key, or alerts and resolves to the
+/// alert source's key (`spec.alerts`; never combined: each has its workload's alert key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channel {
+    Deployments,
+    Alerts,
+}
+
+impl Channel {
+    /// The Secret reference of the key, and the field that names it; None: nothing to send to.
+    fn secret_ref(self, spec: &IlertPipelineSpec) -> Option<(&SecretKeyRef, &'static str)> {
+        match self {
+            Channel::Deployments => Some((
+                &spec.integration_key_secret_ref,
+                "spec.integrationKeySecretRef",
+            )),
+            Channel::Alerts => spec.alerts.as_ref().map(|a| {
+                (
+                    &a.alert_source_key_secret_ref,
+                    "spec.alerts.alertSourceKeySecretRef",
+                )
+            }),
+        }
+    }
+
+    /// What ilert calls the thing the key belongs to.
+    fn key_owner(self) -> &'static str {
+        match self {
+            Channel::Deployments => "an ilert deployment pipeline",
+            Channel::Alerts => "an ilert alert source (API / Events integration)",
+        }
+    }
 }
 
 /// The key ilert rejected, and when to try it once more anyway.
@@ -1363,7 +1562,9 @@ impl Sender {
                     q.items.iter().filter(|i| d.sendable(i)).count(),
                 )
             };
-            pending_gauge.set(waiting as i64);
+            if self.channel == Channel::Deployments {
+                pending_gauge.set(waiting as i64);
+            }
             {
                 let mut s = lock(&self.stats);
                 if s.pending != waiting as u64 {
@@ -1377,7 +1578,8 @@ impl Sender {
             } else {
                 MAX_IN_FLIGHT
             };
-            let go = !spec.suspend
+            let paused = spec.suspend || self.channel.secret_ref(&spec).is_none();
+            let go = !paused
                 && sendable > 0
                 && tasks.len() < limit
                 && d.resume_at.is_none_or(|t| t <= now);
@@ -1389,7 +1591,7 @@ impl Sender {
                             self.settle(&mut d, done).await;
                         }
                     }
-                    _ = self.outbox.notify.notified(), if !spec.suspend => {}
+                    _ = self.outbox.notify.notified(), if !paused => {}
                     _ = self.spec.changed() => {
                         // A new Secret name, suspend: act on it now rather than after a backoff.
                         d.key = None;
@@ -1432,24 +1634,44 @@ impl Sender {
                     .map(|i| ((i.key.clone(), i.entry.clone()), i.queued_at))
                     .unzip()
             };
-            let events: Vec<DeploymentEvent> =
-                batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
-            let cluster = &self.shared.cfg.cluster_name;
-            let take = report::combinable(&events, cluster).min(batch.len());
-            let mut batch = batch;
-            batch.truncate(take);
-            let mut queued_at = queued_at;
-            queued_at.truncate(take);
-            let body = report::body(&report::combine(&events[..take], cluster), key.expose());
+            let (batch, queued_at, body) = match self.channel {
+                Channel::Deployments => {
+                    let events: Vec<DeploymentEvent> =
+                        batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
+                    let cluster = &self.shared.cfg.cluster_name;
+                    let take = report::combinable(&events, cluster).min(batch.len());
+                    let mut batch = batch;
+                    batch.truncate(take);
+                    let mut queued_at = queued_at;
+                    queued_at.truncate(take);
+                    let body =
+                        report::body(&report::combine(&events[..take], cluster), key.expose());
+                    (batch, queued_at, body)
+                }
+                Channel::Alerts => {
+                    let mut batch = batch;
+                    batch.truncate(1);
+                    let mut queued_at = queued_at;
+                    queued_at.truncate(1);
+                    let body = match batch.first().and_then(|(_, e)| e.alert.as_ref()) {
+                        Some(alert) => alerts::body(alert, key.expose()),
+                        None => serde_json::Value::Null,
+                    };
+                    (batch, queued_at, body)
+                }
+            };
             self.budget(&key, |b| b.take(Instant::now()));
             for (k, _) in &batch {
                 d.in_flight.insert(k.clone());
                 d.busy_workloads.insert(k.workload_uid.clone());
             }
-            let (shared, uid) = (self.shared.clone(), self.uid.clone());
+            let (shared, uid, channel) = (self.shared.clone(), self.uid.clone(), self.channel);
             tasks.spawn(async move {
                 let started = std::time::Instant::now();
-                let result = shared.ilert.send_deployment_event(&body, &key).await;
+                let result = match channel {
+                    Channel::Deployments => shared.ilert.send_deployment_event(&body, &key).await,
+                    Channel::Alerts => shared.ilert.send_alert_event(&body, &key).await,
+                };
                 let waited = queued_at.iter().map(|t| t.elapsed()).collect();
                 shared
                     .metrics
@@ -1501,18 +1723,19 @@ impl Sender {
                     // background: a slow API server must not hold up delivery every few seconds.
                     // A key older than KEY_MAX_AGE (the sender was idle) is read first.
                     if at.elapsed() >= KEY_TTL && d.refresh.is_none() {
-                        let (client, namespace, spec) = (
+                        let (client, namespace, spec, channel) = (
                             self.shared.client.clone(),
                             self.namespace.clone(),
                             spec.clone(),
+                            self.channel,
                         );
                         d.refresh = Some(tokio::spawn(async move {
-                            read_key(&client, &namespace, &spec).await
+                            read_key(&client, &namespace, &spec, channel).await
                         }));
                     }
                     return Some(k.clone());
                 }
-                read_key(&self.shared.client, &self.namespace, spec).await
+                read_key(&self.shared.client, &self.namespace, spec, self.channel).await
             }
         };
         match result {
@@ -1609,11 +1832,15 @@ impl Sender {
                 });
                 d.key = None;
                 let spec = self.spec.borrow().clone();
+                let (secret, key_name) = self
+                    .channel
+                    .secret_ref(&spec)
+                    .map(|(r, _)| (r.name.clone(), r.key.clone()))
+                    .unwrap_or_default();
                 let message = format!(
-                    "{e}. Put the integration key of an ilert deployment pipeline into Secret {}/{} key {}; {} events wait and go out once the key changes",
+                    "{e}. Put the integration key of {} into Secret {}/{secret} key {key_name}; {} events wait and go out once the key changes",
+                    self.channel.key_owner(),
                     self.namespace,
-                    spec.integration_key_secret_ref.name,
-                    spec.integration_key_secret_ref.key,
                     self.outbox.len()
                 );
                 warn!(pipeline = %self.name(), error = %message, "integration key rejected");
@@ -1649,9 +1876,12 @@ impl Sender {
     /// The pacing budget of `key`, shared by every pipeline that uses the same key.
     fn budget<R>(&self, key: &IntegrationKey, f: impl FnOnce(&mut Budget) -> R) -> R {
         let mut budgets = lock(&self.shared.budgets);
-        f(budgets
-            .entry(key.clone())
-            .or_insert_with(|| Budget::new(self.shared.cfg.rate_limit_per_minute)))
+        f(budgets.entry(key.clone()).or_insert_with(|| {
+            Budget::new(match self.channel {
+                Channel::Deployments => self.shared.cfg.rate_limit_per_minute,
+                Channel::Alerts => self.shared.cfg.alert_rate_limit_per_minute,
+            })
+        }))
     }
 
     fn name(&self) -> String {
@@ -1666,6 +1896,9 @@ impl Sender {
     fn finished(&self, batch: &[(RolloutKey, Entry)], result: &str) {
         let keys: HashSet<&RolloutKey> = batch.iter().map(|(k, _)| k).collect();
         self.outbox.remove(&keys);
+        if self.channel == Channel::Alerts {
+            return;
+        }
         for (k, e) in batch.iter().filter(|(_, e)| e.test.is_none()) {
             self.shared
                 .metrics
@@ -1698,7 +1931,19 @@ impl Sender {
             });
             s.dirty = true;
         }
-        let note = if batch.len() == 1 {
+        let alert = last.alert.as_ref().map(|a| a.event_type);
+        let note = if let Some(t) = alert {
+            let what = match t {
+                alerts::EventType::Alert => "Opened an ilert alert for",
+                alerts::EventType::Resolve => "Resolved the ilert alert of",
+            };
+            format!(
+                "{what} {} (revision {}, {})",
+                last.workload,
+                last_key.revision,
+                outcome.as_str()
+            )
+        } else if batch.len() == 1 {
             format!(
                 "Reported {} revision {} ({}) to ilert",
                 last.workload,
@@ -1724,7 +1969,11 @@ impl Sender {
                 &recorder,
                 &reference,
                 EventType::Normal,
-                "Delivered",
+                if alert.is_some() {
+                    "AlertSent"
+                } else {
+                    "Delivered"
+                },
                 &note,
                 related,
             )
@@ -1775,8 +2024,12 @@ impl Sender {
             }
         };
         if let (true, Some(p)) = (changed, problem) {
-            warn!(pipeline = %self.name(), reason = p.reason, "{}", p.message);
-            self.publish(EventType::Warning, p.reason, &p.message).await;
+            let message = match self.channel {
+                Channel::Deployments => p.message,
+                Channel::Alerts => format!("Alerts: {}", p.message),
+            };
+            warn!(pipeline = %self.name(), reason = p.reason, "{message}");
+            self.publish(EventType::Warning, p.reason, &message).await;
         }
     }
 
@@ -1798,8 +2051,15 @@ async fn read_key(
     client: &Client,
     namespace: &str,
     spec: &IlertPipelineSpec,
+    channel: Channel,
 ) -> Result<IntegrationKey, Problem> {
-    let r = &spec.integration_key_secret_ref;
+    let Some((r, field)) = channel.secret_ref(spec) else {
+        return Err(Problem {
+            reason: "KeyNotFound",
+            message: "spec.alerts is not set".into(),
+        });
+    };
+    let owner = channel.key_owner();
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let secret = match api.get(&r.name).await {
         Ok(s) => s,
@@ -1807,7 +2067,7 @@ async fn read_key(
             return Err(Problem {
                 reason: "SecretNotFound",
                 message: format!(
-                    "Secret {}/{} not found: create it with the ilert integration key under key {}; events wait until then",
+                    "Secret {}/{} not found ({field}): create it with the integration key of {owner} under key {}; events wait until then",
                     namespace, r.name, r.key
                 ),
             });
@@ -1846,7 +2106,7 @@ async fn read_key(
     value.ok_or_else(|| Problem {
         reason: "KeyNotFound",
         message: format!(
-            "Secret {}/{} has no non-empty key {}: add the ilert integration key under that key, or set spec.integrationKeySecretRef.key",
+            "Secret {}/{} has no non-empty key {}: add the integration key of {owner} under that key, or set {field}.key",
             namespace, r.name, r.key
         ),
     })
@@ -1865,6 +2125,7 @@ fn outcome_entries(batch: &[(RolloutKey, Entry)], state: State) -> Batch {
                     event: None,
                     reported_outcome: e.reported_outcome,
                     test: e.test.clone(),
+                    alert: None,
                 },
             )
         })
@@ -1916,12 +2177,40 @@ struct StatusWriter {
     reference: ObjectReference,
     outbox: Arc<Outbox>,
     stats: Arc<Mutex<Stats>>,
+    alert_outbox: Arc<Outbox>,
+    alert_stats: Arc<Mutex<Stats>>,
+}
+
+/// A condition's readiness, and since when it has been so.
+type Since = Option<(bool, &'static str, String, Time)>;
+
+/// The condition for `ready`, keeping its transition time while readiness stays the same.
+fn condition(
+    type_: &str,
+    (ready, reason, message): (bool, &'static str, String),
+    last: &mut Since,
+    generation: Option<i64>,
+) -> Condition {
+    let since = match last {
+        Some((r, _, _, t)) if *r == ready => t.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    *last = Some((ready, reason, message.clone(), since.clone()));
+    Condition {
+        type_: type_.into(),
+        status: if ready { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
 }
 
 impl StatusWriter {
     async fn run(self) {
         let api: Api<IlertPipeline> = Api::namespaced(self.shared.client.clone(), &self.namespace);
-        let mut last_ready: Option<(bool, &'static str, String, Time)> = None;
+        let mut last_ready: Since = None;
+        let mut last_alerts_ready: Since = None;
         let mut announced_config_problem: Option<Problem> = None;
         let mut interval = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u32 = 0;
@@ -1933,35 +2222,48 @@ impl StatusWriter {
             }
             let (status, config_problem) = {
                 let mut s = lock(&self.stats);
-                if !s.dirty {
+                let mut a = lock(&self.alert_stats);
+                if !s.dirty && !a.dirty {
                     continue;
                 }
                 s.dirty = false;
-                let (ready, reason, message) = s.ready();
-                let since = match &last_ready {
-                    Some((r, re, m, t)) if *r == ready && *re == reason && *m == message => {
-                        t.clone()
+                a.dirty = false;
+                let mut conditions =
+                    vec![condition("Ready", s.ready(), &mut last_ready, s.generation)];
+                let alerts = a.enabled.then(|| {
+                    let mut ready = a.ready();
+                    // A problem of the pipeline's spec stops alerts too.
+                    if let Some(p) = &s.config_problem {
+                        ready = (false, p.reason, p.message.clone());
                     }
-                    Some((r, _, _, t)) if *r == ready => t.clone(),
-                    _ => Time(Timestamp::now()),
-                };
-                last_ready = Some((ready, reason, message.clone(), since.clone()));
+                    if ready.0 {
+                        ready.2 =
+                            "The alert source's key is in place and ilert accepts alerts".into();
+                    }
+                    conditions.push(condition(
+                        "AlertsReady",
+                        ready,
+                        &mut last_alerts_ready,
+                        s.generation,
+                    ));
+                    (
+                        a.sent,
+                        a.failed,
+                        a.pending.max(self.alert_outbox.len() as u64),
+                    )
+                });
                 let status = IlertPipelineStatus {
                     observed_generation: s.generation,
-                    conditions: vec![Condition {
-                        type_: "Ready".into(),
-                        status: if ready { "True" } else { "False" }.into(),
-                        reason: reason.into(),
-                        message,
-                        last_transition_time: since,
-                        observed_generation: s.generation,
-                    }],
+                    conditions,
                     selected_workloads: s.selected,
                     events_sent: s.sent,
                     events_failed: s.failed,
                     pending_events: s.pending.max(self.outbox.len() as u64),
                     last_event: s.last_event.clone(),
                     test_event: s.test_event.clone(),
+                    alerts_sent: alerts.map(|a| a.0),
+                    alerts_failed: alerts.map(|a| a.1),
+                    pending_alerts: alerts.map(|a| a.2),
                 };
                 (status, s.config_problem.clone())
             };

@@ -65,6 +65,7 @@ impl SendError {
 pub struct IlertClient {
     http: reqwest::Client,
     deployment_events_url: String,
+    events_url: String,
 }
 
 impl IlertClient {
@@ -85,6 +86,7 @@ impl IlertClient {
                 "{}/api/deployment-events",
                 api_url.trim_end_matches('/')
             ),
+            events_url: format!("{}/api/events", api_url.trim_end_matches('/')),
         })
     }
 
@@ -94,9 +96,22 @@ impl IlertClient {
         body: &Value,
         key: &IntegrationKey,
     ) -> Result<(), SendError> {
+        self.post(&self.deployment_events_url, body, key).await
+    }
+
+    /// Posts one alert event (Events API). `body` must already hold the alert source's key.
+    pub async fn send_alert_event(
+        &self,
+        body: &Value,
+        key: &IntegrationKey,
+    ) -> Result<(), SendError> {
+        self.post(&self.events_url, body, key).await
+    }
+
+    async fn post(&self, url: &str, body: &Value, key: &IntegrationKey) -> Result<(), SendError> {
         let response = self
             .http
-            .post(&self.deployment_events_url)
+            .post(url)
             .json(body)
             .send()
             .await

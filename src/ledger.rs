@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::warn;
 
+use crate::alerts::AlertEvent;
 use crate::report::DeploymentEvent;
 use crate::rollout::{Finished, Outcome};
 
@@ -50,6 +51,9 @@ pub struct Entry {
     /// Set for a test event: the annotation value it answers.
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
     pub test: Option<String>,
+    /// In an alerts ledger: the alert or resolve to send, while pending.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertEvent>,
 }
 
 /// Identity of one rollout outcome of one workload.
@@ -285,6 +289,26 @@ impl Ledger {
             .map(|(k, _)| k)
         });
         decide(known, key, times)
+    }
+
+    /// Every entry a pipeline holds for one workload, oldest revision first.
+    pub fn entries_of(&self, pipeline: &str, workload_uid: &str) -> Vec<(RolloutKey, Entry)> {
+        let guard = self.lock();
+        guard
+            .get(pipeline)
+            .into_iter()
+            .flat_map(|m| {
+                m.range(
+                    RolloutKey {
+                        workload_uid: workload_uid.to_string(),
+                        revision: 0,
+                        outcome: Outcome::Completed,
+                    }..,
+                )
+                .take_while(|(k, _)| k.workload_uid == workload_uid)
+                .map(|(k, e)| (k.clone(), e.clone()))
+            })
+            .collect()
     }
 
     pub fn contains(&self, pipeline: &str, key: &RolloutKey) -> bool {

@@ -3,6 +3,8 @@
 //! A pure core (`rollout`, `report`, `pacing`, the decisions in `ledger`) and I/O at the edges
 //! (`ilert`, the ledger's persistence, `controller`).
 
+pub mod alerts;
+pub mod context;
 pub mod controller;
 pub mod ilert;
 pub mod ledger;
@@ -13,6 +15,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rollout;
 pub mod server;
+pub mod template;
 
 use kube::CustomResourceExt;
 

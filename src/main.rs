@@ -68,6 +68,9 @@ struct RunArgs {
     /// Requests per minute per integration key (ilert allows 10 for deployment pipelines).
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit_per_minute: u32,
+    /// Requests per minute per alert source key, for `spec.alerts` (ilert allows 50).
+    #[arg(long, env = "ALERT_RATE_LIMIT_PER_MINUTE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    alert_rate_limit_per_minute: u32,
     /// Serve only IlertPipelines with these labels (e.g. `shard=a`): splits a large cluster across releases.
     #[arg(long, env = "PIPELINE_SELECTOR")]
     pipeline_selector: Option<String>,
@@ -172,6 +175,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         trusted_namespaces: trusted.clone(),
         cluster_name: args.cluster_name.clone(),
         rate_limit_per_minute: args.rate_limit_per_minute,
+        alert_rate_limit_per_minute: args.alert_rate_limit_per_minute,
         pipeline_selector: args.pipeline_selector.clone(),
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
         ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),

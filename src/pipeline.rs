@@ -1,5 +1,7 @@
 //! The `IlertPipeline` custom resource: where a set of workloads reports its rollouts.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 
@@ -85,9 +87,75 @@ pub struct IlertPipelineSpec {
     #[schemars(length(min = 1))]
     pub workloads: Option<Vec<Kind>>,
 
+    /// Shapes this pipeline's events: summary, links and custom details as minijinja templates
+    /// over the rollout (README, "Templates"). Checked when applied: a template that does not
+    /// parse or render makes the pipeline Ready=False (InvalidTemplate) with the error and line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<EventTemplate>,
+
+    /// Failed rollouts also page: each opens an ilert alert (one per workload), and the next
+    /// successful rollout of that workload resolves it. Absent: no alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
+
     /// Stops sending while true. Rollouts that finish meanwhile are kept and sent when it is set back to false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+}
+
+/// Where failed rollouts page.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsSpec {
+    /// The Secret, in this pipeline's namespace, that holds the integration key of an ilert alert
+    /// source (an API / Events alert source, not the deployment pipeline).
+    pub alert_source_key_secret_ref: SecretKeyRef,
+
+    /// Priority of the alerts: HIGH or LOW. Absent: the alert source's own setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<AlertPriority>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AlertPriority {
+    High,
+    Low,
+}
+
+/// Templates for the events of a pipeline.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTemplate {
+    /// Replaces the summary (cut to 1,024 characters once rendered). `{{ summary }}` is the
+    /// summary the controller would send without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub summary: Option<String>,
+
+    /// Links added to every event; a link whose href renders empty is left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub links: Vec<LinkTemplate>,
+
+    /// Custom details added to every event: name -> template, rendered as a string. A name the
+    /// controller also sets (e.g. `namespace`) replaces its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 50))]
+    pub custom_details: BTreeMap<String, String>,
+}
+
+/// A link of an event; both fields are templates.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkTemplate {
+    /// The link's text; empty: the href.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub text: String,
+    /// The URL.
+    #[schemars(length(min = 1, max = 4096))]
+    pub href: String,
 }
 
 /// A key in a Secret of the pipeline's own namespace.
@@ -121,7 +189,8 @@ pub struct IlertPipelineStatus {
 
     /// `Ready`: whether events can be delivered, with the reason when they cannot
     /// (SecretNotFound, KeyNotFound, IntegrationKeyRejected, EventRejected, IlertUnavailable,
-    /// NamespaceSelectorNotAllowed, InvalidSelector, Suspended).
+    /// NamespaceSelectorNotAllowed, InvalidSelector, InvalidTemplate, Suspended). With
+    /// `spec.alerts`, `AlertsReady` says the same of the alert source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
@@ -144,6 +213,18 @@ pub struct IlertPipelineStatus {
     /// The last rollout ilert accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
+
+    /// With `spec.alerts`: alerts and resolves ilert accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_sent: Option<u64>,
+
+    /// With `spec.alerts`: alerts and resolves ilert refused for good (400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_failed: Option<u64>,
+
+    /// With `spec.alerts`: alerts and resolves waiting to be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_alerts: Option<u64>,
 
     /// The outcome of the last test event (annotation `ilert.com/test-event`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::context::{commit, image_changes, owners, template_context, tool_of_manager};
 use crate::pairs::Pairs;
 use crate::rollout::{CHANGE_CAUSE_ANNOTATION, Outcome, Rollout};
+use crate::template::{self, Templates};
 
 /// ilert's own GitHub action cuts the summary at 1024 characters.
 pub const MAX_SUMMARY_CHARS: usize = 1024;
@@ -81,14 +83,56 @@ pub fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// The event for one finished rollout.
-pub fn deployment_event(rollout: &Rollout, cluster: &str) -> DeploymentEvent {
-    DeploymentEvent {
+/// The event for one finished rollout, shaped by the pipeline's templates (checked when the
+/// pipeline was applied) and the workload's `ilert.com/*` annotations. Returns, beside it, one
+/// warning per template or annotation that did not render; the event goes out without that part.
+pub fn deployment_event(
+    rollout: &Rollout,
+    cluster: &str,
+    templates: Option<&Templates>,
+) -> (DeploymentEvent, Vec<String>) {
+    let mut event = DeploymentEvent {
         summary: summary(rollout, cluster),
         timestamp: rollout.finished_at.as_millisecond(),
         custom_details: details(rollout, cluster),
         links: Vec::new(),
         user_email: None,
+    };
+    let mut warnings = Vec::new();
+    let shaped = templates.is_some()
+        || rollout
+            .workload
+            .annotations
+            .iter()
+            .any(|(k, _)| k.starts_with("ilert.com/"));
+    if !shaped {
+        return (event, warnings);
+    }
+    let context = template_context(rollout, cluster, &event.summary);
+    if let Some(t) = templates {
+        match t.render(&context) {
+            Ok(r) => apply(&mut event, r, true),
+            Err(e) => warnings.push(e),
+        }
+    }
+    let (r, email, annotation_warnings) =
+        template::from_annotations(rollout.workload.annotations.iter(), &context);
+    // The app team's own summary and links win; its details never replace another's.
+    apply(&mut event, r, false);
+    event.user_email = email;
+    warnings.extend(annotation_warnings);
+    (event, warnings)
+}
+
+fn apply(event: &mut DeploymentEvent, r: template::Rendered, replace_details: bool) {
+    if let Some(s) = r.summary.filter(|s| !s.is_empty()) {
+        event.summary = truncate(&s, MAX_SUMMARY_CHARS);
+    }
+    event.links.extend(r.links);
+    for (k, v) in r.details {
+        if replace_details || !event.custom_details.contains_key(&k) {
+            event.custom_details.insert(k, json!(v));
+        }
     }
 }
 
@@ -136,6 +180,18 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
     }
     if let Some(manager) = &w.template_manager {
         d.insert("changedBy".into(), json!(manager));
+        d.insert("changedVia".into(), json!(tool_of_manager(manager)));
+    }
+    let changes = image_changes(&rollout.history.previous_images, &w.images);
+    if !changes.is_empty() {
+        d.insert("imageChanges".into(), json!(changes));
+    }
+    let owners = owners(&w.labels, &w.annotations);
+    if !owners.is_empty() {
+        d.insert("managedBy".into(), json!(owners));
+    }
+    if let Some(commit) = commit(&w.labels, &w.annotations) {
+        d.insert("commit".into(), json!(commit));
     }
     let app_labels: BTreeMap<&str, &str> = w
         .labels
@@ -303,7 +359,8 @@ mod tests {
     #[test]
     fn payload_has_details_and_never_secrets() {
         let r = rollout("deployment-rev2-complete.json", "replicasets-rev2.json");
-        let e = deployment_event(&r, "prod-eu");
+        let (e, warnings) = deployment_event(&r, "prod-eu", None);
+        assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(e.timestamp, r.finished_at.as_millisecond());
         let d = &e.custom_details;
         assert_eq!(d["revision"], "2");
@@ -321,10 +378,65 @@ mod tests {
     }
 
     #[test]
+    fn gitops_owners_tools_commits_and_image_changes_come_from_the_real_objects() {
+        // Applied server-side by Flux's kustomize-controller, the commit in an OCI annotation.
+        let r = rollout("deployment-flux-rev2.json", "replicasets-flux.json");
+        let (e, _) = deployment_event(&r, "", None);
+        let d = &e.custom_details;
+        assert_eq!(d["changedBy"], "kustomize-controller");
+        assert_eq!(d["changedVia"], "flux");
+        assert_eq!(d["commit"], "2222222bbbbbbb");
+        assert_eq!(
+            d["managedBy"],
+            json!([{"tool": "flux", "kind": "Kustomization", "name": "apps", "namespace": "flux-system"}])
+        );
+        // Only the container whose image changed.
+        assert_eq!(
+            d["imageChanges"],
+            json!([{"container": "cart", "from": "ghcr.io/acme/cart:1.0", "to": "ghcr.io/acme/cart:1.1"}])
+        );
+        // Applied by Argo CD, tracked by annotation, app in another namespace.
+        let w = WorkloadView::from_deployment(&fixture::<Deployment>("deployment-argocd.json"));
+        let done = w.finished().unwrap();
+        let r = Rollout::new(&w, done, History::default(), jiff::Timestamp::now());
+        let (e, _) = deployment_event(&r, "", None);
+        let d = &e.custom_details;
+        assert_eq!(d["changedVia"], "argocd");
+        assert_eq!(
+            d["managedBy"],
+            json!([{"tool": "argocd", "kind": "Application", "name": "billing", "namespace": "team-a"}])
+        );
+        assert!(
+            d.get("imageChanges").is_none(),
+            "a first rollout changes no image"
+        );
+    }
+
+    #[test]
+    fn a_template_renders_over_a_real_rollout() {
+        let r = rollout("deployment-flux-rev2.json", "replicasets-flux.json");
+        let spec = crate::pipeline::EventTemplate {
+            summary: Some(
+                "{{ owners[0].name }}@{{ commit[:7] }}: {% for c in imageChanges %}{{ c.from }} -> {{ c.to }}{% endfor %} in {{ durationSeconds }}s".into(),
+            ),
+            ..Default::default()
+        };
+        let t = Templates::check(&spec).unwrap();
+        let (e, warnings) = deployment_event(&r, "prod", Some(&t));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let secs = r.duration_seconds().unwrap();
+        assert_eq!(
+            e.summary,
+            format!("apps@2222222: ghcr.io/acme/cart:1.0 -> ghcr.io/acme/cart:1.1 in {secs}s")
+        );
+    }
+
+    #[test]
     fn combined_events_name_every_rollout_within_limits() {
-        let one = deployment_event(
+        let (one, _) = deployment_event(
             &rollout("deployment-rev2-complete.json", "replicasets-rev2.json"),
             "prod-eu",
+            None,
         );
         let many: Vec<DeploymentEvent> = (0..30).map(|_| one.clone()).collect();
         let c = combine(&many, "prod-eu");

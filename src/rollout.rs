@@ -22,7 +22,13 @@ pub const MAX_ANNOTATION_CHARS: usize = 1024;
 pub const IGNORE_ANNOTATION: &str = "ilert.com/ignore";
 /// Annotations copied into the compact view; everything else (notably
 /// `kubectl.kubernetes.io/last-applied-configuration`, which can hold secrets) is dropped at once.
-const KEPT_ANNOTATIONS: &[&str] = &[REVISION_ANNOTATION, CHANGE_CAUSE_ANNOTATION];
+const KEPT_ANNOTATIONS: &[&str] = &[
+    REVISION_ANNOTATION,
+    CHANGE_CAUSE_ANNOTATION,
+    crate::context::HELM_RELEASE_NAME,
+    crate::context::HELM_RELEASE_NAMESPACE,
+    crate::context::ARGOCD_TRACKING_ID,
+];
 const KEPT_ANNOTATION_PREFIX: &str = "ilert.com/";
 
 /// How a finished rollout ended.
@@ -93,7 +99,7 @@ pub struct WorkloadView {
     pub name: String,
     pub uid: String,
     pub labels: Pairs,
-    /// Only the revision, change-cause and `ilert.com/*` annotations.
+    /// Only the revision, change-cause, `ilert.com/*`, owner (Helm, Argo CD) and commit annotations.
     pub annotations: Pairs,
     pub generation: i64,
     pub observed_generation: i64,
@@ -151,7 +157,9 @@ impl WorkloadView {
                 .iter()
                 .flatten()
                 .filter(|(k, _)| {
-                    KEPT_ANNOTATIONS.contains(&k.as_str()) || k.starts_with(KEPT_ANNOTATION_PREFIX)
+                    KEPT_ANNOTATIONS.contains(&k.as_str())
+                        || k.starts_with(KEPT_ANNOTATION_PREFIX)
+                        || crate::context::COMMIT_KEYS.contains(&k.as_str())
                 })
                 // A kept annotation is a line of context, not a document: a 100 KB change-cause
                 // would sit in memory for every workload and in every event.

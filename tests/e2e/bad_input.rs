@@ -79,6 +79,28 @@ async fn the_crd_schema_refuses_malformed_pipelines_naming_the_field() {
             "values",
         ),
         (with("namespaceSelector", json!("all")), "namespaceSelector"),
+        (with("workloads", json!([])), "workloads"),
+        (with("workloads", json!(["CronJob"])), "workloads"),
+        (with("template", json!({"summary": ""})), "template.summary"),
+        (
+            with("template", json!({"links": [{"text": "no href"}]})),
+            "href",
+        ),
+        (
+            with("template", json!({"customDetails": {"team": 1}})),
+            "customDetails",
+        ),
+        (
+            with("alerts", json!({"priority": "HIGH"})),
+            "alertSourceKeySecretRef",
+        ),
+        (
+            with(
+                "alerts",
+                json!({"alertSourceKeySecretRef": {"name": "ilert-alerts"}, "priority": "URGENT"}),
+            ),
+            "priority",
+        ),
         (
             with("namespaceSelector", json!({"matchLabels": ["team"]})),
             "matchLabels",
@@ -145,7 +167,7 @@ async fn the_crd_schema_refuses_malformed_pipelines_naming_the_field() {
     );
     n += 1;
     eprintln!("{n} malformed pipelines refused at admission");
-    assert!(n >= 33);
+    assert!(n >= 40);
 }
 
 /// Pipelines the schema accepts but that cannot work: each gets Ready=False with a reason and a

@@ -135,6 +135,14 @@ fn documented_annotations_are_the_ones_the_controller_reads() {
     let actual: BTreeSet<String> = [
         ilert_rollout_controller::rollout::IGNORE_ANNOTATION,
         ilert_rollout_controller::controller::TEST_EVENT_ANNOTATION,
+        ilert_rollout_controller::template::SUMMARY_ANNOTATION,
+        ilert_rollout_controller::template::LINKS_ANNOTATION,
+        &format!(
+            "{}<key>",
+            ilert_rollout_controller::template::DETAILS_ANNOTATION_PREFIX
+        ),
+        ilert_rollout_controller::template::USER_EMAIL_ANNOTATION,
+        ilert_rollout_controller::context::COMMIT_KEYS[0],
     ]
     .into_iter()
     .map(str::to_string)

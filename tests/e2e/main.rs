@@ -1,6 +1,7 @@
 //! End-to-end tests against the real local control plane (`make test` starts it) and a fake ilert.
 //! Each test has its own namespace and its own controller process, so they run in parallel.
 
+mod alerts;
 mod bad_input;
 mod chart;
 mod cluster;
@@ -9,6 +10,7 @@ mod docs;
 mod examples;
 mod operations;
 mod sets;
+mod shaping;
 #[allow(dead_code)]
 mod support;
 #[allow(dead_code)]

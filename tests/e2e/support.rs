@@ -288,6 +288,9 @@ struct FakeState {
     received: Vec<Received>,
     script: VecDeque<Reply>,
     schema_errors: Vec<String>,
+    /// Requests to the Events API (`spec.alerts`), kept apart from deployment events.
+    alerts: Vec<Received>,
+    alert_script: VecDeque<Reply>,
 }
 
 /// A local stand-in for ilert: records every request, validates it against ilert's published
@@ -297,16 +300,22 @@ pub struct FakeIlert {
     pub url: String,
     state: Arc<Mutex<FakeState>>,
     validator: Arc<jsonschema::Validator>,
+    alert_validator: Arc<jsonschema::Validator>,
     /// true: the port is closed (connections refused) until set back to false.
     refusing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub fn deployment_event_validator() -> jsonschema::Validator {
-    let path = PathBuf::from(REPO).join("tests/ilert-api/deployment-events.openapi.yml");
+    schema_validator("deployment-events.openapi.yml", "DeploymentEvent")
+}
+
+/// ilert's published schema `name` of `file` (tests/ilert-api), as a validator.
+pub fn schema_validator(file: &str, name: &str) -> jsonschema::Validator {
+    let path = PathBuf::from(REPO).join("tests/ilert-api").join(file);
     let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("schema file"))
         .expect("schema yaml");
     let schema = json!({
-        "$ref": "#/components/schemas/DeploymentEvent",
+        "$ref": format!("#/components/schemas/{name}"),
         "components": doc["components"].clone(),
     });
     jsonschema::options()
@@ -323,10 +332,12 @@ impl FakeIlert {
             url: String::new(),
             state,
             validator,
+            alert_validator: Arc::new(schema_validator("events.openapi.yml", "Event")),
             refusing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let app = axum::Router::new()
             .route("/api/deployment-events", axum::routing::post(receive))
+            .route("/api/events", axum::routing::post(receive_alert))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -406,12 +417,72 @@ impl FakeIlert {
         );
     }
 
+    /// Scripts the answers of the Events API (alerts), apart from deployment events.
+    pub fn script_alerts(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().alert_script.extend(replies);
+    }
+
+    /// Every request to the Events API so far.
+    pub fn alerts_received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().alerts.clone()
+    }
+
+    /// Bodies of the alert events answered 202.
+    pub fn alerts_accepted(&self) -> Vec<Value> {
+        self.alerts_received()
+            .into_iter()
+            .filter(|r| r.status == 202)
+            .map(|r| r.body)
+            .collect()
+    }
+
+    pub async fn wait_alerts_accepted(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        eventually(timeout, &format!("{n} accepted alert events"), || async {
+            let a = self.alerts_accepted();
+            (a.len() >= n).then_some(a)
+        })
+        .await
+    }
+
     pub async fn wait_accepted(&self, n: usize, timeout: Duration) -> Vec<Value> {
         eventually(timeout, &format!("{n} accepted events"), || async {
             let a = self.accepted();
             (a.len() >= n).then_some(a)
         })
         .await
+    }
+}
+
+/// The Events API: validated against ilert's `Event` schema, scripted apart.
+async fn receive_alert(State(fake): State<FakeIlert>, body: String) -> Response {
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let reply = {
+        let mut st = fake.state.lock().unwrap();
+        if let Err(e) = fake.alert_validator.validate(&parsed) {
+            st.schema_errors.push(format!("Event: {e}: {body}"));
+        }
+        st.alert_script.pop_front().unwrap_or(Reply::Accept)
+    };
+    let status = match &reply {
+        Reply::Accept | Reply::Hang(_) => 202,
+        Reply::Status(s, _) => *s,
+        Reply::RateLimited { .. } => 429,
+    };
+    fake.state.lock().unwrap().alerts.push(Received {
+        body: parsed,
+        at: Instant::now(),
+        status,
+    });
+    match reply {
+        Reply::Status(s, body) => {
+            (StatusCode::from_u16(s).unwrap(), axum::Json(body)).into_response()
+        }
+        Reply::RateLimited { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", retry_after_secs.to_string())],
+        )
+            .into_response(),
+        Reply::Accept | Reply::Hang(_) => StatusCode::ACCEPTED.into_response(),
     }
 }
 

@@ -1,0 +1,267 @@
+//! Pure: failed rollouts that page. With `spec.alerts`, a Failed rollout also opens an ilert alert
+//! (Events API, `ALERT`) under a key stable per workload, and the next Completed or RolledBack
+//! rollout of that workload resolves it (`RESOLVE`). Alerts have a ledger of their own beside the
+//! pipeline's ([`ledger_id`]), so they get the same exactly-once rules as deployment events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::ledger::{Entry, RolloutKey, State};
+use crate::pipeline::AlertPriority;
+use crate::report::{DeploymentEvent, EventLink, MAX_SUMMARY_CHARS, truncate};
+use crate::rollout::Outcome;
+
+/// The alerts ledger of pipeline `uid` (ConfigMaps `ilert-ledger-<uid>-alerts-<shard>`).
+pub fn ledger_id(pipeline_uid: &str) -> String {
+    format!("{pipeline_uid}{LEDGER_SUFFIX}")
+}
+
+pub const LEDGER_SUFFIX: &str = "-alerts";
+
+/// The pipeline a ledger id belongs to (its own uid, or the uid its alerts ledger is named after).
+pub fn pipeline_of(ledger_id: &str) -> &str {
+    ledger_id.strip_suffix(LEDGER_SUFFIX).unwrap_or(ledger_id)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    Alert,
+    Resolve,
+}
+
+/// The body of `POST /api/events`, without the integration key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertEvent {
+    pub event_type: EventType,
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    pub alert_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<AlertPriority>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<EventLink>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub custom_details: Map<String, Value>,
+}
+
+/// One key per workload and cluster: every failure of the workload lands in the same open alert,
+/// and a resolve finds it. Case does not matter to ilert; names are lower case anyway.
+pub fn alert_key(cluster: &str, workload: &str) -> String {
+    if cluster.is_empty() {
+        format!("ilert-rollout-controller/{workload}")
+    } else {
+        format!("ilert-rollout-controller/{cluster}/{workload}")
+    }
+}
+
+/// What a newly finished rollout does to the workload's alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Alert,
+    Resolve,
+}
+
+/// Pure: the action for `key` given the workload's entries in the alerts ledger. A failure opens
+/// (or adds to) the alert; a success resolves only an alert that was opened and not resolved
+/// since: a workload that never failed sends nothing to the Events API.
+pub fn action<'a>(
+    key: &RolloutKey,
+    known: impl IntoIterator<Item = (&'a RolloutKey, &'a Entry)>,
+) -> Option<Action> {
+    let mut last_alert = None;
+    let mut last_resolve = None;
+    for (k, e) in known {
+        if k == key {
+            return None;
+        }
+        match k.outcome {
+            // An ALERT ilert refused for good opened nothing.
+            Outcome::Failed if e.state == State::Failed => {}
+            Outcome::Failed => last_alert = last_alert.max(Some(k.revision)),
+            _ => last_resolve = last_resolve.max(Some(k.revision)),
+        }
+    }
+    match key.outcome {
+        Outcome::Failed => Some(Action::Alert),
+        _ => match (last_alert, last_resolve) {
+            (Some(a), Some(r)) if r >= a => None,
+            (Some(_), _) => Some(Action::Resolve),
+            (None, _) => None,
+        },
+    }
+}
+
+/// The alert or resolve for a rollout, from the deployment event the pipeline sends for it (its
+/// summary, links and details, templates applied).
+pub fn event(
+    action: Action,
+    deployment: &DeploymentEvent,
+    workload: &str,
+    cluster: &str,
+    priority: Option<AlertPriority>,
+) -> AlertEvent {
+    let d = &deployment.custom_details;
+    let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+    let mut labels = BTreeMap::new();
+    for k in ["cluster", "namespace", "kind", "name"] {
+        if let Some(v) = text(k) {
+            labels.insert(k.to_string(), v);
+        }
+    }
+    let mut lines = Vec::new();
+    match action {
+        Action::Alert => lines.push(format!(
+            "{workload} did not finish rolling out revision {} within its progress deadline.",
+            text("revision").unwrap_or_default()
+        )),
+        Action::Resolve => lines.push(format!(
+            "{workload} rolled out revision {} ({}).",
+            text("revision").unwrap_or_default(),
+            text("outcome").unwrap_or_default()
+        )),
+    }
+    if let Some(images) = d.get("images").and_then(Value::as_object) {
+        let list: Vec<String> = images
+            .iter()
+            .map(|(c, i)| format!("{c}={}", i.as_str().unwrap_or_default()))
+            .collect();
+        lines.push(format!("Images: {}", list.join(", ")));
+    }
+    if let Some(prev) = d.get("previousImages").and_then(Value::as_object) {
+        let list: Vec<String> = prev
+            .iter()
+            .map(|(c, i)| format!("{c}={}", i.as_str().unwrap_or_default()))
+            .collect();
+        lines.push(format!(
+            "Previous images (revision {}): {}",
+            text("previousRevision").unwrap_or_default(),
+            list.join(", ")
+        ));
+    }
+    for (label, k) in [
+        ("Changed by", "changedBy"),
+        ("Change cause", "changeCause"),
+        ("Commit", "commit"),
+    ] {
+        if let Some(v) = text(k) {
+            lines.push(format!("{label}: {v}"));
+        }
+    }
+    if action == Action::Alert {
+        lines.push(format!(
+            "Look at: kubectl rollout status {} ; kubectl describe {}",
+            kubectl_ref(workload),
+            kubectl_ref(workload)
+        ));
+    }
+    let mut custom_details = d.clone();
+    custom_details.insert("source".into(), json!("ilert-rollout-controller"));
+    AlertEvent {
+        event_type: match action {
+            Action::Alert => EventType::Alert,
+            Action::Resolve => EventType::Resolve,
+        },
+        summary: truncate(&deployment.summary, MAX_SUMMARY_CHARS),
+        details: Some(lines.join("\n")),
+        alert_key: alert_key(cluster, workload),
+        priority: match action {
+            Action::Alert => priority,
+            Action::Resolve => None,
+        },
+        links: deployment.links.clone(),
+        labels,
+        custom_details,
+    }
+}
+
+/// `Kind/namespace/name` -> `-n namespace kind/name`.
+fn kubectl_ref(workload: &str) -> String {
+    let mut parts = workload.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(kind), Some(ns), Some(name)) => {
+            format!("-n {ns} {}/{name}", kind.to_ascii_lowercase())
+        }
+        _ => workload.to_string(),
+    }
+}
+
+/// The serialized request body, with the alert source's key, as ilert receives it.
+pub fn body(event: &AlertEvent, integration_key: &str) -> Value {
+    let mut v = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut v {
+        m.insert("integrationKey".into(), json!(integration_key));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(revision: u64, outcome: Outcome) -> RolloutKey {
+        RolloutKey {
+            workload_uid: "u".into(),
+            revision,
+            outcome,
+        }
+    }
+
+    fn entry(state: State) -> Entry {
+        Entry {
+            state,
+            workload: "Deployment/ns/web".into(),
+            event: None,
+            reported_outcome: None,
+            test: None,
+            alert: None,
+        }
+    }
+
+    #[test]
+    fn a_failure_alerts_and_the_next_success_resolves_once() {
+        use Outcome::*;
+        let none: Vec<(RolloutKey, Entry)> = vec![];
+        let refs = |v: &[(RolloutKey, Entry)]| -> Vec<(RolloutKey, Entry)> { v.to_vec() };
+        let act = |k: RolloutKey, v: &[(RolloutKey, Entry)]| {
+            let v = refs(v);
+            action(&k, v.iter().map(|(k, e)| (k, e)))
+        };
+        // Never failed: a success sends nothing.
+        assert_eq!(act(key(1, Completed), &none), None);
+        assert_eq!(act(key(2, Failed), &none), Some(Action::Alert));
+        let failed = [(key(2, Failed), entry(State::Sent))];
+        assert_eq!(act(key(2, Failed), &failed), None, "known");
+        // The same revision recovering, or a later one, resolves.
+        assert_eq!(act(key(2, Completed), &failed), Some(Action::Resolve));
+        assert_eq!(act(key(3, RolledBack), &failed), Some(Action::Resolve));
+        // Resolved: nothing more.
+        let resolved = [
+            (key(2, Failed), entry(State::Sent)),
+            (key(2, Completed), entry(State::Pending)),
+        ];
+        assert_eq!(act(key(3, Completed), &resolved), None);
+        // An ALERT ilert refused opened nothing to resolve.
+        let refused = [(key(2, Failed), entry(State::Failed))];
+        assert_eq!(act(key(3, Completed), &refused), None);
+        // Failing again after a resolve opens the alert again.
+        assert_eq!(act(key(4, Failed), &resolved), Some(Action::Alert));
+    }
+
+    #[test]
+    fn ledger_ids_map_back_to_their_pipeline() {
+        let id = ledger_id("0f1e2d3c-aaaa-bbbb-cccc-0123456789ab");
+        assert_eq!(pipeline_of(&id), "0f1e2d3c-aaaa-bbbb-cccc-0123456789ab");
+        assert_eq!(pipeline_of("abc"), "abc");
+        assert_eq!(
+            alert_key("prod-eu", "Deployment/shop/web"),
+            "ilert-rollout-controller/prod-eu/Deployment/shop/web"
+        );
+    }
+}
