@@ -1197,9 +1197,13 @@ impl Brain {
             .as_ref()
             .and_then(|s| s.alerts.as_ref())
             .and_then(|spec| {
-                let baseline = key.outcome == Outcome::Failed
-                    && ledger.decide(&alerts_ledger, &key, times) == Decision::Baseline;
-                if baseline {
+                // A failure from before the pipeline, or older than one already known, pages no one.
+                let stale = key.outcome == Outcome::Failed
+                    && matches!(
+                        ledger.decide(&alerts_ledger, &key, times),
+                        Decision::Baseline | Decision::Superseded
+                    );
+                if stale {
                     return None;
                 }
                 let known = ledger.entries_of(&alerts_ledger, workload_uid);
