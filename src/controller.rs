@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
@@ -37,8 +37,8 @@ use crate::pipeline::{
 };
 use crate::report::{self, DeploymentEvent};
 use crate::rollout::{
-    Finished, History, Kind, Outcome, ReplicaSetView, RevisionView, Rollout, WorkloadView,
-    resolve_revision,
+    Finished, History, Kind, Outcome, Progress, ReplicaSetView, RevisionView, Rollout,
+    WorkloadView, resolve_revision,
 };
 use crate::template::Templates;
 
@@ -227,6 +227,8 @@ struct PipelineHandle {
     /// Alerts and resolves (`spec.alerts`): their own queue, ledger and counters.
     alert_outbox: Arc<Outbox>,
     alert_stats: Arc<Mutex<Stats>>,
+    /// Wakes the deployment sender to read its key while a selected workload rolls out.
+    warm: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -264,6 +266,11 @@ impl PipelineHandle {
         }
         let sender = |channel, uid: &str, outbox: &Arc<Outbox>, stats: &Arc<Mutex<Stats>>| Sender {
             shared: shared.clone(),
+            warm: match channel {
+                Channel::Deployments => self.warm.clone(),
+                // Alerts follow a progress deadline of minutes: nothing to gain.
+                Channel::Alerts => Arc::new(Notify::new()),
+            },
             channel,
             uid: uid.to_string(),
             namespace: self.namespace.clone(),
@@ -1081,6 +1088,7 @@ impl Brain {
             stats,
             alert_outbox: Arc::new(Outbox::default()),
             alert_stats,
+            warm: Arc::new(Notify::new()),
             tasks: Vec::new(),
         };
         if self.leading {
@@ -1172,7 +1180,12 @@ impl Brain {
         if !self.leading {
             return;
         }
-        let Some(finished) = w.finished() else { return };
+        let Some(finished) = w.finished() else {
+            if w.progress() == Progress::InProgress {
+                h.warm.notify_one();
+            }
+            return;
+        };
         let key = RolloutKey::new(workload_uid, &finished);
         let times = Times {
             // StatefulSets and DaemonSets stamp no finish time: when their template last changed
@@ -1467,6 +1480,8 @@ struct Sender {
     stats: Arc<Mutex<Stats>>,
     spec: watch::Receiver<IlertPipelineSpec>,
     shutdown: watch::Receiver<bool>,
+    /// Notified while a selected workload rolls out (see `warm_key`).
+    warm: Arc<Notify>,
 }
 
 /// What a sender delivers: deployment events to the pipeline's key, or alerts and resolves to the
@@ -1521,7 +1536,8 @@ struct Delivery {
     rejected: Option<Rejected>,
     key: Option<(IntegrationKey, Instant)>,
     /// The Secret being read again while the key in hand is used.
-    refresh: Option<JoinHandle<Result<IntegrationKey, Problem>>>,
+    /// It yields when the read started: a key is as old as the read that got it.
+    refresh: Option<JoinHandle<(Result<IntegrationKey, Problem>, Instant)>>,
     /// Nothing new goes out before this (backoff, pacing).
     resume_at: Option<Instant>,
 }
@@ -1596,6 +1612,7 @@ impl Sender {
                         }
                     }
                     _ = self.outbox.notify.notified(), if !paused => {}
+                    _ = self.warm.notified() => self.warm_key(&spec, &mut d),
                     _ = self.spec.changed() => {
                         // A new Secret name, suspend: act on it now rather than after a backoff.
                         d.key = None;
@@ -1717,35 +1734,33 @@ impl Sender {
                 None
             }
         };
-        let result = match refreshed {
-            Some(result) => result,
-            None => {
-                if let Some((k, at)) = &d.key
+        let (result, read_at) = match refreshed {
+            Some((Ok(k), at)) if at.elapsed() < KEY_MAX_AGE => (Ok(k), at),
+            Some((Err(problem), at)) => (Err(problem), at),
+            _ => {
+                if let Some((k, at)) = d.key.clone()
                     && at.elapsed() < KEY_MAX_AGE
                 {
                     // While busy, the key in hand is used and the Secret read again in the
                     // background: a slow API server must not hold up delivery every few seconds.
-                    // A key older than KEY_MAX_AGE (the sender was idle) is read first.
-                    if at.elapsed() >= KEY_TTL && d.refresh.is_none() {
-                        let (client, namespace, spec, channel) = (
-                            self.shared.client.clone(),
-                            self.namespace.clone(),
-                            spec.clone(),
-                            self.channel,
-                        );
-                        d.refresh = Some(tokio::spawn(async move {
-                            read_key(&client, &namespace, &spec, channel).await
-                        }));
+                    // A key older than KEY_MAX_AGE (the sender was idle, and no rollout in
+                    // progress warmed it) is read first.
+                    if at.elapsed() >= KEY_TTL {
+                        self.refresh_key(spec, d);
                     }
-                    return Some(k.clone());
+                    return Some(k);
                 }
-                read_key(&self.shared.client, &self.namespace, spec, self.channel).await
+                let at = Instant::now();
+                (
+                    read_key(&self.shared.client, &self.namespace, spec, self.channel).await,
+                    at,
+                )
             }
         };
         match result {
             Ok(k) => {
                 d.secret_failures = 0;
-                d.key = Some((k.clone(), Instant::now()));
+                d.key = Some((k.clone(), read_at));
                 Some(k)
             }
             Err(problem) => {
@@ -1757,6 +1772,42 @@ impl Sender {
                 );
                 None
             }
+        }
+    }
+
+    /// Reads the Secret again in the background, unless a read is under way.
+    fn refresh_key(&self, spec: &IlertPipelineSpec, d: &mut Delivery) {
+        if d.refresh.is_some() {
+            return;
+        }
+        let (client, namespace, spec, channel) = (
+            self.shared.client.clone(),
+            self.namespace.clone(),
+            spec.clone(),
+            self.channel,
+        );
+        d.refresh = Some(tokio::spawn(async move {
+            let at = Instant::now();
+            (read_key(&client, &namespace, &spec, channel).await, at)
+        }));
+    }
+
+    /// A selected workload is rolling out: have a key younger than KEY_TTL ready for when it
+    /// finishes, so the first event after a quiet spell does not wait for a Secret read.
+    fn warm_key(&self, spec: &IlertPipelineSpec, d: &mut Delivery) {
+        if spec.suspend || self.channel.secret_ref(spec).is_none() {
+            return;
+        }
+        // A read that finished meanwhile: its key is kept with the time of the read (a failed
+        // read is left to key(), which reports it when there is something to send).
+        if d.refresh.as_ref().is_some_and(|t| t.is_finished())
+            && let Some(task) = d.refresh.take()
+            && let Some((Ok(k), at)) = task.now_or_never().and_then(Result::ok)
+        {
+            d.key = Some((k, at));
+        }
+        if d.key.as_ref().is_none_or(|(_, at)| at.elapsed() >= KEY_TTL) {
+            self.refresh_key(spec, d);
         }
     }
 
