@@ -82,8 +82,8 @@ pub fn action<'a>(
             return None;
         }
         match k.outcome {
-            // An ALERT ilert refused for good opened nothing.
-            Outcome::Failed if e.state == State::Failed => {}
+            // An ALERT ilert refused for good opened nothing; a refused RESOLVE closed nothing.
+            _ if e.state == State::Failed => {}
             Outcome::Failed => last_alert = last_alert.max(Some(k.revision)),
             _ => last_resolve = last_resolve.max(Some(k.revision)),
         }
@@ -252,6 +252,15 @@ mod tests {
         assert_eq!(act(key(3, Completed), &refused), None);
         // Failing again after a resolve opens the alert again.
         assert_eq!(act(key(4, Failed), &resolved), Some(Action::Alert));
+        // A RESOLVE ilert refused closed nothing: the next success tries again.
+        let refused_resolve = [
+            (key(2, Failed), entry(State::Sent)),
+            (key(3, Completed), entry(State::Failed)),
+        ];
+        assert_eq!(
+            act(key(4, Completed), &refused_resolve),
+            Some(Action::Resolve)
+        );
     }
 
     #[test]

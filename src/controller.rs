@@ -242,7 +242,17 @@ impl PipelineHandle {
             (&self.outbox, &self.uid),
             (&self.alert_outbox, &alerts_ledger),
         ] {
-            for (key, entry) in shared.ledger.pending(ledger_id) {
+            let mut pending = shared.ledger.pending(ledger_id);
+            // Key order puts (revision, Completed) before (revision, Failed): the ALERT of a
+            // revision that failed and then recovered must go out before its RESOLVE.
+            pending.sort_by_key(|(k, e)| {
+                let resolve = e
+                    .alert
+                    .as_ref()
+                    .is_some_and(|a| a.event_type == alerts::EventType::Resolve);
+                (k.workload_uid.clone(), k.revision, resolve)
+            });
+            for (key, entry) in pending {
                 outbox.push(QueuedEvent {
                     key,
                     entry,
@@ -769,15 +779,13 @@ impl Brain {
     async fn shut_down(&mut self) {
         info!("shutting down: finishing requests in flight");
         let limit = self.shared.ilert_timeout + Duration::from_secs(2);
+        // The senders (deployment events and alerts) come first in `tasks`, the status writer last.
         let tasks: Vec<JoinHandle<()>> = self
             .pipelines
             .values_mut()
-            .filter_map(|h| {
-                if h.tasks.is_empty() {
-                    None
-                } else {
-                    Some(h.tasks.remove(0))
-                }
+            .flat_map(|h| {
+                let senders = h.tasks.len().saturating_sub(1);
+                h.tasks.drain(..senders).collect::<Vec<_>>()
             })
             .collect();
         let _ = tokio::time::timeout(limit, futures::future::join_all(tasks)).await;
@@ -1736,6 +1744,17 @@ impl Sender {
         };
         let (result, read_at) = match refreshed {
             Some((Ok(k), at)) if at.elapsed() < KEY_MAX_AGE => (Ok(k), at),
+            // A background read failed but the key in hand is still young: keep sending with
+            // it; the next read (at most KEY_MAX_AGE from now) decides.
+            Some((Err(problem), _))
+                if d.key
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() < KEY_MAX_AGE) =>
+            {
+                debug!(pipeline = %self.name(), reason = problem.reason, "background read of the key failed; the key in hand is still young");
+                let (k, at) = d.key.clone().expect("checked above");
+                (Ok(k), at)
+            }
             Some((Err(problem), at)) => (Err(problem), at),
             _ => {
                 if let Some((k, at)) = d.key.clone()
@@ -1795,16 +1814,22 @@ impl Sender {
     /// A selected workload is rolling out: have a key younger than KEY_TTL ready for when it
     /// finishes, so the first event after a quiet spell does not wait for a Secret read.
     fn warm_key(&self, spec: &IlertPipelineSpec, d: &mut Delivery) {
-        if spec.suspend || self.channel.secret_ref(spec).is_none() {
+        // After a failed read, only key() reads again (with its backoff, and it reports why):
+        // warming must not turn a missing Secret into a GET per workload update.
+        if spec.suspend || self.channel.secret_ref(spec).is_none() || d.secret_failures > 0 {
             return;
         }
-        // A read that finished meanwhile: its key is kept with the time of the read (a failed
-        // read is left to key(), which reports it when there is something to send).
+        // A read that finished meanwhile: its key is kept with the time of the read.
         if d.refresh.as_ref().is_some_and(|t| t.is_finished())
             && let Some(task) = d.refresh.take()
-            && let Some((Ok(k), at)) = task.now_or_never().and_then(Result::ok)
         {
-            d.key = Some((k, at));
+            match task.now_or_never().and_then(Result::ok) {
+                Some((Ok(k), at)) => d.key = Some((k, at)),
+                _ => {
+                    d.secret_failures += 1;
+                    return;
+                }
+            }
         }
         if d.key.as_ref().is_none_or(|(_, at)| at.elapsed() >= KEY_TTL) {
             self.refresh_key(spec, d);
@@ -2337,7 +2362,13 @@ impl StatusWriter {
                 }
                 announced_config_problem = config_problem;
             }
-            let patch = json!({ "status": status });
+            let mut patch = json!({ "status": status });
+            if status.alerts_sent.is_none() {
+                // spec.alerts removed: the merge patch must clear what it left.
+                for k in ["alertsSent", "alertsFailed", "pendingAlerts"] {
+                    patch["status"][k] = serde_json::Value::Null;
+                }
+            }
             match api
                 .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

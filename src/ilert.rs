@@ -143,7 +143,8 @@ pub fn classify(
     body: &str,
     key: &IntegrationKey,
 ) -> SendError {
-    let message = key.redact(&error_message(body));
+    // Redacted before the message is cut: a key across the cut must not leave a prefix behind.
+    let message = error_message(&key.redact(body));
     match status {
         429 => SendError::RateLimited {
             retry_after: retry_after

@@ -342,7 +342,9 @@ impl Ledger {
             let map = guard.entry(pipeline.to_string()).or_default();
             for (key, entry) in entries {
                 let shard = shards.entry(key.shard()).or_default();
-                if entry.state != State::Pending {
+                // Only a delivered entry stands for the workload's history: one ilert refused
+                // (Failed) must not drop the record of an alert that is still open.
+                if entry.state == State::Sent {
                     let older: Vec<RolloutKey> = map
                         .keys()
                         .filter(|k| k.workload_uid == key.workload_uid && k.revision < key.revision)

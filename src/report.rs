@@ -17,6 +17,9 @@ pub const MAX_SUMMARY_CHARS: usize = 1024;
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// At most this many rollouts go into one combined event.
 pub const MAX_COMBINED: usize = 100;
+/// An event shaped by templates and annotations larger than this goes out without them: a
+/// pending event sits in a ledger ConfigMap (1 MiB for a shard), and a page should be short.
+pub const MAX_SHAPED_BYTES: usize = 32 * 1024;
 
 /// The body of `POST /api/deployment-events`, without the integration key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,6 +111,7 @@ pub fn deployment_event(
     if !shaped {
         return (event, warnings);
     }
+    let plain = event.clone();
     let context = template_context(rollout, cluster, &event.summary);
     if let Some(t) = templates {
         match t.render(&context) {
@@ -121,6 +125,13 @@ pub fn deployment_event(
     apply(&mut event, r, false);
     event.user_email = email;
     warnings.extend(annotation_warnings);
+    let size = serde_json::to_vec(&event).map_or(0, |b| b.len());
+    if size > MAX_SHAPED_BYTES {
+        warnings.push(format!(
+            "templates and annotations made the event {size} bytes (at most {MAX_SHAPED_BYTES}); it was sent without them"
+        ));
+        return (plain, warnings);
+    }
     (event, warnings)
 }
 
@@ -429,6 +440,22 @@ mod tests {
             e.summary,
             format!("apps@2222222: ghcr.io/acme/cart:1.0 -> ghcr.io/acme/cart:1.1 in {secs}s")
         );
+    }
+
+    #[test]
+    fn an_oversized_shaped_event_goes_out_plain_with_a_warning() {
+        let r = rollout("deployment-rev2-complete.json", "replicasets-rev2.json");
+        let spec = crate::pipeline::EventTemplate {
+            summary: Some("shaped".into()),
+            custom_details: (0..20)
+                .map(|i| (format!("d{i}"), "{{ 'x' * 4000 }}".to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let t = Templates::check(&spec).unwrap();
+        let (e, warnings) = deployment_event(&r, "", Some(&t));
+        assert_eq!(e, deployment_event(&r, "", None).0);
+        assert!(warnings[0].contains("sent without them"), "{warnings:?}");
     }
 
     #[test]

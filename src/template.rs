@@ -25,6 +25,8 @@ pub const USER_EMAIL_ANNOTATION: &str = "ilert.com/user-email";
 const FUEL: u64 = 50_000;
 /// A rendered custom detail, link text or href is cut to this many characters.
 const MAX_RENDERED_CHARS: usize = 4096;
+/// At most this many links come from a workload's `ilert.com/links`.
+const MAX_ANNOTATED_LINKS: usize = 20;
 
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
@@ -149,13 +151,22 @@ pub fn from_annotations<'a>(
         } else if key == LINKS_ANNOTATION {
             match serde_json::from_str::<Vec<AnnotatedLink>>(value) {
                 Ok(links) => {
-                    for (i, l) in links.iter().enumerate() {
+                    if links.len() > MAX_ANNOTATED_LINKS {
+                        warnings.push(format!(
+                            "{key} holds {} links; the first {MAX_ANNOTATED_LINKS} are sent",
+                            links.len()
+                        ));
+                    }
+                    for (i, l) in links.iter().take(MAX_ANNOTATED_LINKS).enumerate() {
                         let href = render(&format!("{key}[{i}].href"), &l.href, context);
                         let text = render(&format!("{key}[{i}].text"), &l.text, context);
                         match (href, text) {
                             (Ok(href), Ok(text)) if !href.is_empty() => out.links.push(EventLink {
-                                text: if text.is_empty() { href.clone() } else { text },
-                                href,
+                                text: truncate(
+                                    if text.is_empty() { &href } else { &text },
+                                    MAX_RENDERED_CHARS,
+                                ),
+                                href: truncate(&href, MAX_RENDERED_CHARS),
                             }),
                             (Ok(_), Ok(_)) => {}
                             (Err(e), _) | (_, Err(e)) => warnings.push(e),
