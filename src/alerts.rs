@@ -20,6 +20,10 @@ pub fn ledger_id(pipeline_uid: &str) -> String {
 
 pub const LEDGER_SUFFIX: &str = "-alerts";
 
+/// The revision of the key under which a deleted workload's RESOLVE is recorded: after every
+/// real revision, so the workload's entries read in order.
+pub const GONE_REVISION: u64 = u64::MAX;
+
 /// The pipeline a ledger id belongs to (its own uid, or the uid its alerts ledger is named after).
 pub fn pipeline_of(ledger_id: &str) -> &str {
     ledger_id.strip_suffix(LEDGER_SUFFIX).unwrap_or(ledger_id)
@@ -181,6 +185,47 @@ pub fn event(
     }
 }
 
+/// The RESOLVE for a workload that was deleted with its alert open: nothing will ever roll it
+/// out again to resolve it.
+pub fn gone_event(workload: &str, cluster: &str) -> AlertEvent {
+    let mut parts = workload.splitn(3, '/');
+    let (kind, namespace, name) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let mut labels = BTreeMap::new();
+    if !cluster.is_empty() {
+        labels.insert("cluster".to_string(), cluster.to_string());
+    }
+    labels.insert("namespace".to_string(), namespace.to_string());
+    labels.insert("kind".to_string(), kind.to_string());
+    labels.insert("name".to_string(), name.to_string());
+    let on = if cluster.is_empty() {
+        String::new()
+    } else {
+        format!(" on {cluster}")
+    };
+    let mut custom_details = Map::new();
+    custom_details.insert("source".into(), json!("ilert-rollout-controller"));
+    custom_details.insert("reason".into(), json!("deleted"));
+    AlertEvent {
+        event_type: EventType::Resolve,
+        summary: truncate(
+            &format!("Deleted: {kind} {namespace}/{name}{on}; its failed rollout no longer runs"),
+            MAX_SUMMARY_CHARS,
+        ),
+        details: Some(format!(
+            "{workload} was deleted while its last rollout had failed; the alert is resolved."
+        )),
+        alert_key: alert_key(cluster, workload),
+        priority: None,
+        links: Vec::new(),
+        labels,
+        custom_details,
+    }
+}
+
 /// `Kind/namespace/name` -> `-n namespace kind/name`.
 fn kubectl_ref(workload: &str) -> String {
     let mut parts = workload.splitn(3, '/');
@@ -260,6 +305,31 @@ mod tests {
         assert_eq!(
             act(key(4, Completed), &refused_resolve),
             Some(Action::Resolve)
+        );
+    }
+
+    #[test]
+    fn a_deleted_workload_resolves_its_open_alert_once() {
+        let gone = key(GONE_REVISION, Outcome::Completed);
+        let open = [(key(2, Outcome::Failed), entry(State::Sent))];
+        assert_eq!(
+            action(&gone, open.iter().map(|(k, e)| (k, e))),
+            Some(Action::Resolve)
+        );
+        let resolved = [
+            (key(2, Outcome::Failed), entry(State::Sent)),
+            (gone.clone(), entry(State::Pending)),
+        ];
+        assert_eq!(action(&gone, resolved.iter().map(|(k, e)| (k, e))), None);
+        let e = gone_event("Deployment/shop/web", "prod");
+        assert_eq!(
+            e.alert_key,
+            "ilert-rollout-controller/prod/Deployment/shop/web"
+        );
+        assert_eq!(e.event_type, EventType::Resolve);
+        assert!(
+            e.summary
+                .starts_with("Deleted: Deployment shop/web on prod")
         );
     }
 

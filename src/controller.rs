@@ -854,6 +854,10 @@ impl Brain {
                             s.dirty = true;
                         }
                     }
+                    let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
+                    for p in pipelines {
+                        self.resolve_gone(&p, &uid);
+                    }
                 }
             },
             Input::Namespace(ev) => match ev {
@@ -996,6 +1000,18 @@ impl Brain {
             info!(pipeline_uid = %stale, "removing delivery state of a pipeline that no longer exists");
             if let Err(e) = ledger.forget_pipeline(&stale).await {
                 warn!(error = %e, "could not remove delivery state of a deleted pipeline");
+            }
+        }
+        // Workloads deleted while unseen (controller down, watch re-listed) resolve their open
+        // alerts before pruning forgets that they had one.
+        for uid in &uids {
+            let gone: Vec<String> = ledger
+                .workloads_of(&alerts::ledger_id(uid))
+                .into_iter()
+                .filter(|w| !self.workloads.contains_key(w))
+                .collect();
+            for w in gone {
+                self.resolve_gone(uid, &w);
             }
         }
         for uid in uids.iter().flat_map(|u| [u.clone(), alerts::ledger_id(u)]) {
@@ -1290,6 +1306,51 @@ impl Brain {
             };
             plan.queue(&view, history);
         });
+    }
+
+    /// A workload that is gone resolves the alert it left open in a pipeline (`spec.alerts`):
+    /// no later rollout will.
+    fn resolve_gone(&self, pipeline_uid: &str, workload_uid: &str) {
+        if !self.leading {
+            return;
+        }
+        let Some(h) = self.pipelines.get(pipeline_uid) else {
+            return;
+        };
+        if h.selection
+            .as_ref()
+            .and_then(|s| s.alerts.as_ref())
+            .is_none()
+        {
+            return;
+        }
+        let ledger_id = alerts::ledger_id(pipeline_uid);
+        let known = self.shared.ledger.entries_of(&ledger_id, workload_uid);
+        let key = RolloutKey {
+            workload_uid: workload_uid.to_string(),
+            revision: alerts::GONE_REVISION,
+            outcome: Outcome::Completed,
+        };
+        if alerts::action(&key, known.iter().map(|(k, e)| (k, e))) != Some(alerts::Action::Resolve)
+        {
+            return;
+        }
+        let Some(workload) = known.last().map(|(_, e)| e.workload.clone()) else {
+            return;
+        };
+        info!(workload = %workload, pipeline = %format!("{}/{}", h.namespace, h.name), "deleted with its alert open: resolving");
+        let entry = Entry {
+            state: State::Pending,
+            workload: workload.clone(),
+            event: None,
+            reported_outcome: None,
+            test: None,
+            alert: Some(alerts::gone_event(&workload, &self.shared.cfg.cluster_name)),
+        };
+        self.shared
+            .ledger
+            .claim(&ledger_id, key.clone(), entry.clone());
+        record_and_queue(&self.shared, &h.alert_outbox, &ledger_id, key, entry);
     }
 
     /// A new `ilert.com/test-event` value on a pipeline: one test event through the real path.

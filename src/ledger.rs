@@ -291,6 +291,18 @@ impl Ledger {
         decide(known, key, times)
     }
 
+    /// The workloads a pipeline holds entries for.
+    pub fn workloads_of(&self, pipeline: &str) -> Vec<String> {
+        let guard = self.lock();
+        let mut uids: Vec<String> = guard
+            .get(pipeline)
+            .into_iter()
+            .flat_map(|m| m.keys().map(|k| k.workload_uid.clone()))
+            .collect();
+        uids.dedup();
+        uids
+    }
+
     /// Every entry a pipeline holds for one workload, oldest revision first.
     pub fn entries_of(&self, pipeline: &str, workload_uid: &str) -> Vec<(RolloutKey, Entry)> {
         let guard = self.lock();

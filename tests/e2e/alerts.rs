@@ -122,6 +122,31 @@ async fn a_failed_rollout_pages_and_the_next_good_one_resolves() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(w.ilert.alerts_received().len(), 2);
     assert_eq!(w.ilert.accepted_count(), 4);
+
+    // Failing again pages again; deleting the workload then resolves it: no rollout ever will.
+    apply(&w.deployments, "web", &stuck("web", "nginx:1.28-broken")).await;
+    let alerts = w
+        .ilert
+        .wait_alerts_accepted(3, Duration::from_secs(90))
+        .await;
+    assert_eq!(alerts[2]["eventType"], "ALERT", "{}", alerts[2]);
+    w.deployments
+        .delete("web", &Default::default())
+        .await
+        .expect("delete");
+    let alerts = w.ilert.wait_alerts_accepted(4, EVENT_WAIT).await;
+    let r = &alerts[3];
+    assert_eq!(r["eventType"], "RESOLVE", "{r}");
+    assert_eq!(r["alertKey"], expected_alert_key.as_str(), "{r}");
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Deleted: Deployment {}/web", w.ns.name)),
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.ilert.alerts_received().len(), 4);
     w.ilert.assert_schema_valid();
     w.assert_key_never_leaked().await;
     assert!(
