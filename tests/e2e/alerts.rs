@@ -21,20 +21,8 @@ fn stuck(name: &str, image: &str) -> Value {
 }
 
 async fn alerts_ready(w: &World, status: &str, reason: &str) -> String {
-    eventually(
-        Duration::from_secs(60),
-        &format!("AlertsReady={status} ({reason})"),
-        || async {
-            let p = w.pipelines.get(PIPELINE).await.ok()?;
-            let c = p
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "AlertsReady")?;
-            (c.status == status && c.reason == reason).then_some(c.message)
-        },
-    )
-    .await
+    w.wait_condition(PIPELINE, "AlertsReady", status, reason)
+        .await
 }
 
 #[tokio::test]

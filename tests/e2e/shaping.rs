@@ -143,27 +143,6 @@ async fn templates_annotations_and_context_shape_the_event() {
     assert_no_more_than(&w.ilert, 2, Duration::from_secs(3)).await;
 }
 
-/// Kubernetes Events about the Deployment `name`, as "Type Reason: note".
-async fn deployment_events(w: &World, name: &str) -> Vec<String> {
-    let api: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(w.client.clone(), &w.ns.name);
-    api.list(&Default::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| {
-            format!(
-                "{} {}: {}",
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_broken_template_stops_only_its_pipeline_and_a_broken_annotation_only_itself() {
     let w = World::new("badtpl", true, None, &[]).await;
@@ -175,20 +154,9 @@ async fn a_broken_template_stops_only_its_pipeline_and_a_broken_annotation_only_
         template_spec("Rollout of {{ workload.name }}\n{{ revision "),
     )
     .await;
-    let message = eventually(
-        Duration::from_secs(30),
-        "templated: Ready=False (InvalidTemplate)",
-        || async {
-            let p = w.pipelines.get("templated").await.ok()?;
-            let c = p
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (c.status == "False" && c.reason == "InvalidTemplate").then_some(c.message)
-        },
-    )
-    .await;
+    let message = w
+        .wait_condition("templated", "Ready", "False", "InvalidTemplate")
+        .await;
     assert!(
         message.contains("spec.template.summary:2") && message.contains("syntax error"),
         "{message}"
@@ -213,7 +181,7 @@ async fn a_broken_template_stops_only_its_pipeline_and_a_broken_annotation_only_
         Duration::from_secs(15),
         "a TemplateFailed Event on the Deployment",
         || async {
-            deployment_events(&w, "web")
+            w.events_about("web")
                 .await
                 .into_iter()
                 .find(|e| e.starts_with("Warning TemplateFailed"))

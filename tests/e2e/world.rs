@@ -164,16 +164,28 @@ impl World {
 
     /// Waits until the pipeline's Ready condition has `status` and `reason`; returns its message.
     pub async fn wait_ready_condition(&self, status: &str, reason: &str) -> String {
+        self.wait_condition(PIPELINE, "Ready", status, reason).await
+    }
+
+    /// Waits until condition `type_` of pipeline `name` has `status` and `reason`; returns its
+    /// message.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> String {
         eventually(
             Duration::from_secs(60),
-            &format!("Ready={status} ({reason})"),
+            &format!("{name}: {type_}={status} ({reason})"),
             || async {
-                let p = self.pipelines.get(PIPELINE).await.ok()?;
+                let p = self.pipelines.get(name).await.ok()?;
                 let c = p
                     .status?
                     .conditions
                     .into_iter()
-                    .find(|c| c.type_ == "Ready")?;
+                    .find(|c| c.type_ == type_)?;
                 (c.status == status && c.reason == reason).then_some(c.message)
             },
         )
@@ -182,12 +194,17 @@ impl World {
 
     /// Kubernetes Events about the pipeline, as "Type Reason: note".
     pub async fn events(&self) -> Vec<String> {
+        self.events_about(PIPELINE).await
+    }
+
+    /// Kubernetes Events about the object `name` in the test namespace, as "Type Reason: note".
+    pub async fn events_about(&self, name: &str) -> Vec<String> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.ns.name);
         let list = api.list(&Default::default()).await.expect("events");
         list.items
             .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(PIPELINE))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| {
                 format!(
                     "{} {}: {}",
