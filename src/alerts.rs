@@ -131,22 +131,22 @@ pub fn event(
             text("outcome").unwrap_or_default()
         )),
     }
-    if let Some(images) = d.get("images").and_then(Value::as_object) {
-        let list: Vec<String> = images
-            .iter()
-            .map(|(c, i)| format!("{c}={}", i.as_str().unwrap_or_default()))
-            .collect();
-        lines.push(format!("Images: {}", list.join(", ")));
+    // container=image, ...
+    let images = |k: &str| {
+        d.get(k).and_then(Value::as_object).map(|m| {
+            m.iter()
+                .map(|(c, i)| format!("{c}={}", i.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    if let Some(list) = images("images") {
+        lines.push(format!("Images: {list}"));
     }
-    if let Some(prev) = d.get("previousImages").and_then(Value::as_object) {
-        let list: Vec<String> = prev
-            .iter()
-            .map(|(c, i)| format!("{c}={}", i.as_str().unwrap_or_default()))
-            .collect();
+    if let Some(list) = images("previousImages") {
         lines.push(format!(
-            "Previous images (revision {}): {}",
-            text("previousRevision").unwrap_or_default(),
-            list.join(", ")
+            "Previous images (revision {}): {list}",
+            text("previousRevision").unwrap_or_default()
         ));
     }
     for (label, k) in [
@@ -235,15 +235,6 @@ fn kubectl_ref(workload: &str) -> String {
         }
         _ => workload.to_string(),
     }
-}
-
-/// The serialized request body, with the alert source's key, as ilert receives it.
-pub fn body(event: &AlertEvent, integration_key: &str) -> Value {
-    let mut v = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
-    if let Value::Object(m) = &mut v {
-        m.insert("integrationKey".into(), json!(integration_key));
-    }
-    v
 }
 
 #[cfg(test)]

@@ -1243,8 +1243,9 @@ impl Brain {
                 if stale {
                     return None;
                 }
-                let known = ledger.entries_of(&alerts_ledger, workload_uid);
-                let action = alerts::action(&key, known.iter().map(|(k, e)| (k, e)))?;
+                let action = ledger.with_workload(&alerts_ledger, workload_uid, |known| {
+                    alerts::action(&key, known)
+                })?;
                 Some((action, spec.priority))
             });
         if !report && alert.is_none() {
@@ -1325,17 +1326,20 @@ impl Brain {
             return;
         }
         let ledger_id = alerts::ledger_id(pipeline_uid);
-        let known = self.shared.ledger.entries_of(&ledger_id, workload_uid);
         let key = RolloutKey {
             workload_uid: workload_uid.to_string(),
             revision: alerts::GONE_REVISION,
             outcome: Outcome::Completed,
         };
-        if alerts::action(&key, known.iter().map(|(k, e)| (k, e))) != Some(alerts::Action::Resolve)
-        {
-            return;
-        }
-        let Some(workload) = known.last().map(|(_, e)| e.workload.clone()) else {
+        let (action, workload) =
+            self.shared
+                .ledger
+                .with_workload(&ledger_id, workload_uid, |known| {
+                    let known: Vec<_> = known.collect();
+                    let workload = known.last().map(|(_, e)| e.workload.clone());
+                    (alerts::action(&key, known), workload)
+                });
+        let (Some(alerts::Action::Resolve), Some(workload)) = (action, workload) else {
             return;
         };
         info!(workload = %workload, pipeline = %format!("{}/{}", h.namespace, h.name), "deleted with its alert open: resolving");
@@ -1744,7 +1748,7 @@ impl Sender {
                     let mut queued_at = queued_at;
                     queued_at.truncate(1);
                     let body = match batch.first().and_then(|(_, e)| e.alert.as_ref()) {
-                        Some(alert) => alerts::body(alert, key.expose()),
+                        Some(alert) => report::body(alert, key.expose()),
                         None => serde_json::Value::Null,
                     };
                     (batch, queued_at, body)

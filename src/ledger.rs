@@ -276,19 +276,31 @@ impl Ledger {
     }
 
     pub fn decide(&self, pipeline: &str, key: &RolloutKey, times: Times) -> Decision {
+        self.with_workload(pipeline, &key.workload_uid, |entries| {
+            decide(entries.map(|(k, _)| k), key, times)
+        })
+    }
+
+    /// Runs `f` over every entry a pipeline holds for one workload, oldest revision first,
+    /// under the lock and without copying them.
+    pub fn with_workload<R>(
+        &self,
+        pipeline: &str,
+        workload_uid: &str,
+        f: impl for<'a> FnOnce(&mut dyn Iterator<Item = (&'a RolloutKey, &'a Entry)>) -> R,
+    ) -> R {
         let guard = self.lock();
-        let known = guard.get(pipeline).into_iter().flat_map(|m| {
-            m.range(
-                RolloutKey {
-                    workload_uid: key.workload_uid.clone(),
-                    revision: 0,
-                    outcome: Outcome::Completed,
-                }..,
-            )
-            .take_while(|(k, _)| k.workload_uid == key.workload_uid)
-            .map(|(k, _)| k)
-        });
-        decide(known, key, times)
+        let from = RolloutKey {
+            workload_uid: workload_uid.to_string(),
+            revision: 0,
+            outcome: Outcome::Completed,
+        };
+        let mut entries = guard
+            .get(pipeline)
+            .into_iter()
+            .flat_map(|m| m.range(from.clone()..))
+            .take_while(|(k, _)| k.workload_uid == workload_uid);
+        f(&mut entries)
     }
 
     /// The workloads a pipeline holds entries for.
@@ -301,26 +313,6 @@ impl Ledger {
             .collect();
         uids.dedup();
         uids
-    }
-
-    /// Every entry a pipeline holds for one workload, oldest revision first.
-    pub fn entries_of(&self, pipeline: &str, workload_uid: &str) -> Vec<(RolloutKey, Entry)> {
-        let guard = self.lock();
-        guard
-            .get(pipeline)
-            .into_iter()
-            .flat_map(|m| {
-                m.range(
-                    RolloutKey {
-                        workload_uid: workload_uid.to_string(),
-                        revision: 0,
-                        outcome: Outcome::Completed,
-                    }..,
-                )
-                .take_while(|(k, _)| k.workload_uid == workload_uid)
-                .map(|(k, e)| (k.clone(), e.clone()))
-            })
-            .collect()
     }
 
     pub fn contains(&self, pipeline: &str, key: &RolloutKey) -> bool {

@@ -313,7 +313,7 @@ fn strip_cluster(summary: &str, on: &str) -> String {
 }
 
 /// The serialized request body, with the key, as ilert receives it.
-pub fn body(event: &DeploymentEvent, integration_key: &str) -> Value {
+pub fn body(event: &impl Serialize, integration_key: &str) -> Value {
     let mut v = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
         m.insert("integrationKey".into(), json!(integration_key));

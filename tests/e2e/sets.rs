@@ -38,19 +38,6 @@ fn daemon_set(name: &str, image: &str) -> Value {
     })
 }
 
-async fn apply_obj<K>(api: &Api<K>, name: &str, body: &Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-tests").force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .expect("apply");
-}
-
 /// `kubectl rollout status` for a StatefulSet with `replicas` ready at `image`.
 async fn wait_stateful_set(api: &Api<StatefulSet>, name: &str, image: &str, replicas: i32) {
     eventually(
@@ -93,7 +80,7 @@ async fn wait_daemon_set(api: &Api<DaemonSet>, name: &str, generation: i64) {
 async fn stateful_set_rollouts_scale_and_rollback_are_told_apart() {
     let mut w = World::new("sts", true, None, &[]).await;
     let api: Api<StatefulSet> = Api::namespaced(w.client.clone(), &w.ns.name);
-    apply_obj(&api, "db", &stateful_set("db", "postgres:16.3", 2)).await;
+    apply(&api, "db", &stateful_set("db", "postgres:16.3", 2)).await;
     wait_stateful_set(&api, "db", "postgres:16.3", 2).await;
     let events = w.ilert.wait_accepted(1, EVENT_WAIT).await;
     let e = &events[0];
@@ -109,12 +96,12 @@ async fn stateful_set_rollouts_scale_and_rollback_are_told_apart() {
     assert_eq!(e["customDetails"]["outcome"], "Completed");
 
     // Scale 2 -> 3: not a rollout.
-    apply_obj(&api, "db", &stateful_set("db", "postgres:16.3", 3)).await;
+    apply(&api, "db", &stateful_set("db", "postgres:16.3", 3)).await;
     wait_stateful_set(&api, "db", "postgres:16.3", 3).await;
     assert_no_more_than(&w.ilert, 1, Duration::from_secs(4)).await;
 
     // Image change: revision 2, with the previous image from the ControllerRevisions.
-    apply_obj(&api, "db", &stateful_set("db", "postgres:16.4", 3)).await;
+    apply(&api, "db", &stateful_set("db", "postgres:16.4", 3)).await;
     wait_stateful_set(&api, "db", "postgres:16.4", 3).await;
     let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
     let e = &events[1];
@@ -124,7 +111,7 @@ async fn stateful_set_rollouts_scale_and_rollback_are_told_apart() {
     assert_eq!(e["customDetails"]["images"]["db"], "postgres:16.4");
 
     // Back to the first template: its ControllerRevision comes back as revision 3, a rollback.
-    apply_obj(&api, "db", &stateful_set("db", "postgres:16.3", 3)).await;
+    apply(&api, "db", &stateful_set("db", "postgres:16.3", 3)).await;
     wait_stateful_set(&api, "db", "postgres:16.3", 3).await;
     let events = w.ilert.wait_accepted(3, EVENT_WAIT).await;
     let e = &events[2];
@@ -144,7 +131,7 @@ async fn stateful_set_rollouts_scale_and_rollback_are_told_apart() {
 async fn daemon_set_rollouts_are_reported_once_per_revision() {
     let w = World::new("ds", true, None, &[]).await;
     let api: Api<DaemonSet> = Api::namespaced(w.client.clone(), &w.ns.name);
-    apply_obj(
+    apply(
         &api,
         "agent",
         &daemon_set("agent", "ghcr.io/acme/agent:2.0"),
@@ -155,7 +142,7 @@ async fn daemon_set_rollouts_are_reported_once_per_revision() {
     assert_eq!(events[0]["customDetails"]["kind"], "DaemonSet");
     assert_eq!(events[0]["customDetails"]["revision"], "1");
 
-    apply_obj(
+    apply(
         &api,
         "agent",
         &daemon_set("agent", "ghcr.io/acme/agent:2.1"),
@@ -184,8 +171,8 @@ async fn spec_workloads_limits_the_kinds_reported() {
     let sts: Api<StatefulSet> = Api::namespaced(w.client.clone(), &w.ns.name);
     let ds: Api<DaemonSet> = Api::namespaced(w.client.clone(), &w.ns.name);
     apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 1)).await;
-    apply_obj(&ds, "agent", &daemon_set("agent", "ghcr.io/acme/agent:2.0")).await;
-    apply_obj(&sts, "db", &stateful_set("db", "postgres:16.3", 1)).await;
+    apply(&ds, "agent", &daemon_set("agent", "ghcr.io/acme/agent:2.0")).await;
+    apply(&sts, "db", &stateful_set("db", "postgres:16.3", 1)).await;
     wait_revision_complete(&w.deployments, "web", "1").await;
     wait_daemon_set(&ds, "agent", 1).await;
     wait_stateful_set(&sts, "db", "postgres:16.3", 1).await;

@@ -37,16 +37,6 @@ fn helm_deployment(image: &str, cause: &str) -> Value {
     })
 }
 
-async fn apply_as(api: &Api<Deployment>, manager: &str, body: &Value) {
-    api.patch(
-        "shop",
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .expect("apply deployment");
-}
-
 fn template_spec(summary: &str) -> Value {
     json!({
         "integrationKeySecretRef": {"name": "ilert"},
@@ -69,23 +59,15 @@ fn template_spec(summary: &str) -> Value {
 async fn templates_annotations_and_context_shape_the_event() {
     let summary = "{{ changedVia }} rolled out {{ workload.name }} revision {{ revision }}{% for c in imageChanges %} [{{ c.container }}: {{ c.from }} -> {{ c.to }}]{% endfor %}";
     let w = World::new("shape", true, Some(template_spec(summary)), &[]).await;
-    apply_as(
-        &w.deployments,
-        "helm",
-        &helm_deployment("nginx:1.25", "release 1.25"),
-    )
-    .await;
+    let body = helm_deployment("nginx:1.25", "release 1.25");
+    apply_as(&w.deployments, "helm", "shop", &body).await;
     wait_revision_complete(&w.deployments, "shop", "1").await;
     let events = w.ilert.wait_accepted(1, EVENT_WAIT).await;
     let e = &events[0];
     assert_eq!(e["summary"], "helm rolled out shop revision 1", "{e}");
 
-    apply_as(
-        &w.deployments,
-        "helm",
-        &helm_deployment("nginx:1.26", "release 1.26"),
-    )
-    .await;
+    let body = helm_deployment("nginx:1.26", "release 1.26");
+    apply_as(&w.deployments, "helm", "shop", &body).await;
     wait_revision_complete(&w.deployments, "shop", "2").await;
     let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
     let e = &events[1];

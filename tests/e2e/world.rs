@@ -67,14 +67,25 @@ pub fn deployment(name: &str, image: &str, replicas: i32) -> Value {
     })
 }
 
-pub async fn apply(api: &Api<Deployment>, name: &str, body: &Value) {
+pub async fn apply<K>(api: &Api<K>, name: &str, body: &Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    apply_as(api, "e2e-tests", name, body).await
+}
+
+/// Server-side apply as field manager `manager` (as Helm, Argo CD or Flux would).
+pub async fn apply_as<K>(api: &Api<K>, manager: &str, name: &str, body: &Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     api.patch(
         name,
-        &PatchParams::apply("e2e-tests").force(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(body),
     )
     .await
-    .expect("apply deployment");
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
 }
 
 pub async fn wait_revision_complete(api: &Api<Deployment>, name: &str, rev: &str) -> Deployment {
