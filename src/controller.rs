@@ -597,50 +597,26 @@ pub async fn run(
     if let Some(sel) = &cfg.pipeline_selector {
         pipeline_cfg = pipeline_cfg.labels(sel);
     }
-    let deployments = watcher(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default().page_size(500),
-    )
-    .backoff(WatchBackoff::default())
-    .map_ok(|ev| Input::Workload(Kind::Deployment, project(ev, WorkloadView::from_deployment)));
-    let stateful_sets = watcher(
-        Api::<StatefulSet>::all(client.clone()),
-        watcher::Config::default().page_size(500),
-    )
-    .backoff(WatchBackoff::default())
-    .map_ok(|ev| {
+    // The big lists come in pages: a cluster of 10,000 workloads is not one response.
+    let paged = || watcher::Config::default().page_size(500);
+    let deployments = watch_all::<Deployment>(&client, paged())
+        .map_ok(|ev| Input::Workload(Kind::Deployment, project(ev, WorkloadView::from_deployment)));
+    let stateful_sets = watch_all::<StatefulSet>(&client, paged()).map_ok(|ev| {
         Input::Workload(
             Kind::StatefulSet,
             project(ev, WorkloadView::from_stateful_set),
         )
     });
-    let daemon_sets = watcher(
-        Api::<DaemonSet>::all(client.clone()),
-        watcher::Config::default().page_size(500),
-    )
-    .backoff(WatchBackoff::default())
-    .map_ok(|ev| Input::Workload(Kind::DaemonSet, project(ev, WorkloadView::from_daemon_set)));
-    let revisions = watcher(
-        Api::<ControllerRevision>::all(client.clone()),
-        watcher::Config::default().page_size(500),
-    )
-    .backoff(WatchBackoff::default())
-    .map_ok(|ev| Input::Revision(project(ev, RevisionView::from_controller_revision)));
-    let pipelines = watcher(Api::<IlertPipeline>::all(client.clone()), pipeline_cfg)
-        .backoff(WatchBackoff::default())
+    let daemon_sets = watch_all::<DaemonSet>(&client, paged())
+        .map_ok(|ev| Input::Workload(Kind::DaemonSet, project(ev, WorkloadView::from_daemon_set)));
+    let revisions = watch_all::<ControllerRevision>(&client, paged())
+        .map_ok(|ev| Input::Revision(project(ev, RevisionView::from_controller_revision)));
+    let pipelines = watch_all::<IlertPipeline>(&client, pipeline_cfg)
         .map_ok(|ev| Input::Pipeline(Box::new(ev)));
-    let namespaces = watcher(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .backoff(WatchBackoff::default())
-    .map_ok(Input::Namespace);
-    let replica_sets = watcher(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default().page_size(500),
-    )
-    .backoff(WatchBackoff::default())
-    .map_ok(|ev| Input::ReplicaSet(project(ev, ReplicaSetView::from_replica_set)));
+    let namespaces = watch_all::<PartialObjectMeta<Namespace>>(&client, watcher::Config::default())
+        .map_ok(Input::Namespace);
+    let replica_sets = watch_all::<ReplicaSet>(&client, paged())
+        .map_ok(|ev| Input::ReplicaSet(project(ev, ReplicaSetView::from_replica_set)));
     let mut inputs = stream::select_all([
         deployments.boxed(),
         stateful_sets.boxed(),
@@ -726,14 +702,16 @@ fn project<K, V>(ev: Event<K>, view: impl Fn(&K) -> V) -> Event<V> {
     }
 }
 
-fn watcher<K>(
-    api: Api<K>,
+/// A cluster-wide watch of `K`, re-established with the controller's backoff.
+fn watch_all<K>(
+    client: &Client,
     cfg: watcher::Config,
 ) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
 {
-    kube::runtime::watcher(api, cfg)
+    kube::runtime::watcher(Api::all(client.clone()), cfg).backoff(WatchBackoff::default())
 }
 
 impl Brain {

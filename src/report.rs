@@ -107,7 +107,7 @@ pub fn deployment_event(
             .workload
             .annotations
             .iter()
-            .any(|(k, _)| k.starts_with("ilert.com/"));
+            .any(|(k, _)| template::shapes(k));
     if !shaped {
         return (event, warnings);
     }

@@ -20,6 +20,14 @@ pub const LINKS_ANNOTATION: &str = "ilert.com/links";
 pub const DETAILS_ANNOTATION_PREFIX: &str = "ilert.com/details.";
 pub const USER_EMAIL_ANNOTATION: &str = "ilert.com/user-email";
 
+/// Whether a workload annotation shapes its events (and so needs the template context).
+pub fn shapes(key: &str) -> bool {
+    key == SUMMARY_ANNOTATION
+        || key == LINKS_ANNOTATION
+        || key == USER_EMAIL_ANNOTATION
+        || key.starts_with(DETAILS_ANNOTATION_PREFIX)
+}
+
 /// Instructions one render may run: enough for any sensible template, and a loop of loops that
 /// an annotation could hold ends with an error instead of holding up delivery.
 const FUEL: u64 = 50_000;

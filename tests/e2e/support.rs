@@ -401,11 +401,7 @@ impl FakeIlert {
 
     /// Bodies of the requests answered 202.
     pub fn accepted(&self) -> Vec<Value> {
-        self.received()
-            .into_iter()
-            .filter(|r| r.status == 202)
-            .map(|r| r.body)
-            .collect()
+        accepted_bodies(self.received())
     }
 
     /// Panics if any request broke ilert's schema.
@@ -429,11 +425,7 @@ impl FakeIlert {
 
     /// Bodies of the alert events answered 202.
     pub fn alerts_accepted(&self) -> Vec<Value> {
-        self.alerts_received()
-            .into_iter()
-            .filter(|r| r.status == 202)
-            .map(|r| r.body)
-            .collect()
+        accepted_bodies(self.alerts_received())
     }
 
     pub async fn wait_alerts_accepted(&self, n: usize, timeout: Duration) -> Vec<Value> {
@@ -451,6 +443,14 @@ impl FakeIlert {
         })
         .await
     }
+}
+
+fn accepted_bodies(received: Vec<Received>) -> Vec<Value> {
+    received
+        .into_iter()
+        .filter(|r| r.status == 202)
+        .map(|r| r.body)
+        .collect()
 }
 
 /// The Events API: validated against ilert's `Event` schema, scripted apart.
