@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
-use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times};
+use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times, seen_mid_rollout};
 use crate::metrics::{Metrics, PipelineLabels};
 use crate::pacing::{Budget, Plan, backoff, retry_after};
 use crate::pipeline::{
@@ -38,7 +38,7 @@ use crate::pipeline::{
 use crate::report::{self, DeploymentEvent};
 use crate::rollout::{
     Finished, History, Kind, Outcome, Progress, ReplicaSetView, RevisionView, Rollout,
-    WorkloadView, resolve_revision,
+    WorkloadView, resolve_replica_set, resolve_revision,
 };
 use crate::template::Templates;
 
@@ -63,6 +63,8 @@ pub struct Config {
     pub retry_cap: Duration,
     /// Time-out of one request to ilert.
     pub ilert_timeout: Duration,
+    /// The Lease of leader election in `namespace`; None: no election, always leading.
+    pub lease: Option<String>,
     pub instance: String,
 }
 
@@ -116,11 +118,32 @@ struct Stats {
     suspended: bool,
     /// Alert stats only: `spec.alerts` is set.
     enabled: bool,
+    /// The Secret the key was last read from (`namespace/name key k`); None until it was.
+    key_read_from: Option<String>,
+    /// ilert accepted an event (or test event) of this channel since the key was read, or the
+    /// status says the last one went out.
+    accepted: bool,
     dirty: bool,
 }
 
+/// Problems of reading the key from its Secret: a successful read clears them.
+const SECRET_PROBLEMS: [&str; 4] = [
+    "SecretNotFound",
+    "KeyNotFound",
+    "SecretForbidden",
+    "SecretUnavailable",
+];
+
 impl Stats {
     fn ready(&self) -> (bool, &'static str, String) {
+        self.ready_for(Channel::Deployments)
+    }
+
+    fn ready_for(&self, channel: Channel) -> (bool, &'static str, String) {
+        let (key, event) = match channel {
+            Channel::Deployments => ("Integration key", "event"),
+            Channel::Alerts => ("Alert source key", "alert"),
+        };
         if let Some(p) = &self.config_problem {
             return (false, p.reason, p.message.clone());
         }
@@ -134,11 +157,29 @@ impl Stats {
         if let Some(p) = &self.delivery_problem {
             return (false, p.reason, p.message.clone());
         }
-        (
-            true,
-            "Ready",
-            "The integration key is in place and ilert accepts events".into(),
-        )
+        // Only what is known: the key was read; whether ilert has taken an event with it yet.
+        let Some(from) = &self.key_read_from else {
+            return (
+                false,
+                "KeyNotRead",
+                format!("{key} not read from its Secret yet"),
+            );
+        };
+        let message = if self.accepted {
+            format!("{key} read from Secret {from}; ilert accepted the last {event}")
+        } else {
+            format!("{key} read from Secret {from}; no {event} sent yet")
+        };
+        (true, "Ready", message)
+    }
+
+    /// Whether readiness is known: the key was read (or could not be), or something else
+    /// already makes the pipeline not ready.
+    fn ready_known(&self) -> bool {
+        self.key_read_from.is_some()
+            || self.config_problem.is_some()
+            || self.delivery_problem.is_some()
+            || self.suspended
     }
 }
 
@@ -147,6 +188,9 @@ struct QueuedEvent {
     entry: Entry,
     /// When it was queued (a rollout seen finished, or a pending one reloaded).
     queued_at: Instant,
+    /// Inherited from a previous leader, whose request for it may still be on the wire: waits
+    /// until the ledger has been read again after that request must have ended.
+    held: bool,
 }
 
 /// Events waiting for delivery, oldest first; each rollout at most once.
@@ -184,6 +228,22 @@ impl Outbox {
         let mut q = lock(&self.queue);
         q.items.clear();
         q.keys.clear();
+    }
+
+    /// Lets inherited events go (their previous leader's requests have ended by now).
+    fn release_held(&self) {
+        let released = {
+            let mut q = lock(&self.queue);
+            let mut any = false;
+            for i in q.items.iter_mut().filter(|i| i.held) {
+                i.held = false;
+                any = true;
+            }
+            any
+        };
+        if released {
+            self.notify.notify_one();
+        }
     }
 
     fn remove(&self, keys: &HashSet<&RolloutKey>) {
@@ -230,13 +290,18 @@ struct PipelineHandle {
     /// Wakes the deployment sender to read its key while a selected workload rolls out.
     warm: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tells the senders that leadership was lost (see [`PipelineHandle::step_down`]).
+    deposed: Option<watch::Sender<bool>>,
 }
 
 impl PipelineHandle {
     /// Starts delivery and status writing (the leader only): pending events come from the ledger,
     /// counters from the last status seen.
-    fn start(&mut self, shared: &Arc<Shared>) {
+    /// `hold`: pending events inherited from the ledger wait for [`Outbox::release_held`].
+    fn start(&mut self, shared: &Arc<Shared>, hold: bool) {
         self.stop();
+        let (deposed_tx, deposed) = watch::channel(false);
+        self.deposed = Some(deposed_tx);
         let alerts_ledger = alerts::ledger_id(&self.uid);
         for (outbox, ledger_id) in [
             (&self.outbox, &self.uid),
@@ -257,6 +322,7 @@ impl PipelineHandle {
                     key,
                     entry,
                     queued_at: Instant::now(),
+                    held: hold,
                 });
             }
         }
@@ -266,12 +332,17 @@ impl PipelineHandle {
             s.failed = self.last_status.events_failed;
             s.last_event = self.last_status.last_event.clone();
             s.test_event = self.last_status.test_event.clone();
+            s.accepted = s.last_event.is_some()
+                || s.test_event
+                    .as_ref()
+                    .is_some_and(|t| t.result == "Accepted");
             s.dirty = true;
         }
         {
             let mut s = lock(&self.alert_stats);
             s.sent = self.last_status.alerts_sent.unwrap_or(0);
             s.failed = self.last_status.alerts_failed.unwrap_or(0);
+            s.accepted = s.sent > 0;
             s.dirty = true;
         }
         let sender = |channel, uid: &str, outbox: &Arc<Outbox>, stats: &Arc<Mutex<Stats>>| Sender {
@@ -289,6 +360,7 @@ impl PipelineHandle {
             stats: stats.clone(),
             spec: self.spec_tx.subscribe(),
             shutdown: shared.shutdown.clone(),
+            deposed: deposed.clone(),
         };
         let deployments = sender(Channel::Deployments, &self.uid, &self.outbox, &self.stats);
         let alerts = sender(
@@ -314,7 +386,20 @@ impl PipelineHandle {
         ];
     }
 
-    /// Stops sending at once (leadership lost, pipeline deleted).
+    /// Leadership lost: nothing new goes out; requests on the wire finish and their outcome is
+    /// recorded (ilert may have accepted them: the next leader must not send them again).
+    fn step_down(&mut self) {
+        if let Some(d) = self.deposed.take() {
+            let _ = d.send(true);
+        }
+        // The senders come first in `tasks` and end by themselves; the status writer is the
+        // leader's alone.
+        if let Some(status) = self.tasks.last() {
+            status.abort();
+        }
+    }
+
+    /// Stops sending at once (pipeline deleted, or a new term starts).
     fn stop(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
@@ -539,6 +624,9 @@ struct Brain {
     readiness: Readiness,
     /// Only the lease holder sends and writes; every replica watches, so failover is instant.
     leading: bool,
+    /// After a takeover: when the previous leader's requests must have ended, so the ledger is
+    /// read for what they recorded before inherited events go out.
+    catch_up_at: Option<Instant>,
 }
 
 /// Runs until a watch fails for good.
@@ -640,6 +728,7 @@ pub async fn run(
         synced: [false; Watch::COUNT],
         readiness,
         leading: false,
+        catch_up_at: None,
     };
     // Without leader election the channel starts (and stays) true: no change would announce it.
     if *signals.leader.borrow_and_update() {
@@ -659,6 +748,9 @@ pub async fn run(
             changed = signals.leader.changed() => {
                 let leading = changed.is_ok() && *signals.leader.borrow_and_update();
                 brain.set_leading(leading).await;
+            }
+            _ = tokio::time::sleep_until(brain.catch_up_at.unwrap_or_else(Instant::now)), if brain.catch_up_at.is_some() => {
+                brain.catch_up().await;
             }
             _ = signals.shutdown.changed() => {
                 brain.shut_down().await;
@@ -721,14 +813,18 @@ impl Brain {
         }
         self.shared.metrics.leader.set(i64::from(leading));
         if !leading {
-            warn!("lost the lease: stopped sending");
+            warn!("lost the lease: stopped sending; requests on the wire finish and are recorded");
             self.leading = false;
+            self.catch_up_at = None;
+            self.shared.ledger.set_term(false, None);
             for h in self.pipelines.values_mut() {
-                h.stop();
+                h.step_down();
             }
             return;
         }
-        info!("holding the lease: sending");
+        let epoch = self.lease_epoch().await;
+        info!(epoch, "holding the lease: sending");
+        self.shared.ledger.set_term(true, Some(epoch));
         // Our own writes still on their way (a lease lost to an API server outage) go first, or
         // the reload would bring back as pending what was already sent.
         self.shared.ledger.flush(Duration::from_secs(30)).await;
@@ -741,15 +837,71 @@ impl Brain {
             tokio::time::sleep(backoff(attempt, Duration::from_secs(10), jitter())).await;
         }
         self.leading = true;
+        // A previous leader may have had requests on the wire when it lost the lease; what it
+        // records of them lands within its ilert time-out. Until then inherited events wait.
+        self.catch_up_at =
+            Some(Instant::now() + self.shared.ilert_timeout + Duration::from_secs(1));
         let uids: Vec<String> = self.pipelines.keys().cloned().collect();
         for uid in &uids {
             if let Some(h) = self.pipelines.get_mut(uid) {
                 h.test_claimed = None;
-                h.start(&self.shared);
+                h.start(&self.shared, true);
             }
             self.maybe_test_event(uid);
         }
         self.after_resync().await;
+    }
+
+    /// The leader term: the Lease's `leaseTransitions`, which grows with every new holder. With
+    /// no election, 0.
+    async fn lease_epoch(&self) -> u64 {
+        let Some(name) = &self.shared.cfg.lease else {
+            return 0;
+        };
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.shared.client.clone(), &self.shared.cfg.namespace);
+        let mut attempt = 0;
+        loop {
+            match api.get(name).await {
+                Ok(lease) => {
+                    let transitions = lease.spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+                    return u64::try_from(transitions).unwrap_or(0);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.shared.metrics.error("lease");
+                    warn!(error = %e, "cannot read the Lease for the leader term; retrying before taking over");
+                    tokio::time::sleep(backoff(attempt, Duration::from_secs(10), jitter())).await;
+                }
+            }
+        }
+    }
+
+    /// The previous leader's requests have ended: drop from the queues what it recorded as
+    /// answered since the takeover, then let inherited events go.
+    async fn catch_up(&mut self) {
+        match self.shared.ledger.catch_up().await {
+            Ok(done) => {
+                for h in self.pipelines.values() {
+                    for (id, outbox) in [
+                        (h.uid.clone(), &h.outbox),
+                        (alerts::ledger_id(&h.uid), &h.alert_outbox),
+                    ] {
+                        if let Some(keys) = done.get(&id) {
+                            info!(pipeline = %format!("{}/{}", h.namespace, h.name), events = keys.len(), "the previous leader delivered these after the takeover; not sent again");
+                            outbox.remove(&keys.iter().collect());
+                        }
+                        outbox.release_held();
+                    }
+                }
+                self.catch_up_at = None;
+            }
+            Err(e) => {
+                self.shared.metrics.error("ledger");
+                warn!(error = %e, "cannot read the delivery state after the takeover; inherited events wait");
+                self.catch_up_at = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
     }
 
     /// SIGTERM: let every sender finish its request in flight (they watch the shutdown signal),
@@ -902,12 +1054,34 @@ impl Brain {
                 }
                 Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
             },
-            Input::ReplicaSet(ev) => {
-                if let Applied::Synced = self.replica_sets.apply(ev) {
+            Input::ReplicaSet(ev) => match self.replica_sets.apply(ev) {
+                Applied::Synced => {
+                    let replica_sets = &self.replica_sets;
+                    for w in self.workloads.values_mut() {
+                        if w.kind == Kind::Deployment {
+                            w.current_replica_set =
+                                resolve_replica_set(w, replica_sets.get(&w.uid));
+                        }
+                    }
                     self.synced[Watch::ReplicaSets as usize] = true;
                     self.after_resync().await;
                 }
-            }
+                // The ReplicaSet of the current revision decides whether a progress deadline
+                // speaks of this revision: the watches are separate streams.
+                Applied::Owner(owner) => {
+                    let Some(w) = self.workloads.get_mut(&owner) else {
+                        return;
+                    };
+                    let current = resolve_replica_set(w, self.replica_sets.get(&owner));
+                    if current != w.current_replica_set {
+                        w.current_replica_set = current;
+                        if self.all_synced() {
+                            self.evaluate_workload(&owner);
+                        }
+                    }
+                }
+                Applied::Nothing => {}
+            },
             Input::Revision(ev) => match self.revisions.apply(ev) {
                 Applied::Synced => {
                     let revisions = &self.revisions;
@@ -938,9 +1112,12 @@ impl Brain {
         }
     }
 
-    /// A StatefulSet's or DaemonSet's view with its revision number from the ControllerRevisions.
+    /// A StatefulSet's or DaemonSet's view with its revision number from the ControllerRevisions;
+    /// a Deployment's with the name of its current revision's ReplicaSet.
     fn with_revision(&self, mut view: WorkloadView) -> WorkloadView {
-        if view.kind != Kind::Deployment {
+        if view.kind == Kind::Deployment {
+            view.current_replica_set = resolve_replica_set(&view, self.replica_sets.get(&view.uid));
+        } else {
             view.controller_revision = resolve_revision(&view, self.revisions.get(&view.uid));
         }
         view
@@ -969,17 +1146,8 @@ impl Brain {
         for uid in &uids {
             self.evaluate_pipeline(uid);
         }
+        self.forget_deleted_pipelines().await;
         let ledger = &self.shared.ledger;
-        for stale in ledger
-            .pipelines()
-            .into_iter()
-            .filter(|p| !self.pipelines.contains_key(alerts::pipeline_of(p)))
-        {
-            info!(pipeline_uid = %stale, "removing delivery state of a pipeline that no longer exists");
-            if let Err(e) = ledger.forget_pipeline(&stale).await {
-                warn!(error = %e, "could not remove delivery state of a deleted pipeline");
-            }
-        }
         // Workloads deleted while unseen (controller down, watch re-listed) resolve their open
         // alerts before pruning forgets that they had one.
         for uid in &uids {
@@ -1000,6 +1168,38 @@ impl Brain {
             }
         }
         self.declare_ready();
+    }
+
+    /// Removes the delivery state of pipelines deleted while unseen. Only of pipelines that no
+    /// longer exist in the cluster: one this instance does not serve (another instance's shard
+    /// under `--pipeline-selector`, or one relabelled out of it for a while) keeps its state.
+    async fn forget_deleted_pipelines(&self) {
+        let ledger = &self.shared.ledger;
+        let unserved: Vec<String> = ledger
+            .pipelines()
+            .into_iter()
+            .filter(|p| !self.pipelines.contains_key(alerts::pipeline_of(p)))
+            .collect();
+        if unserved.is_empty() {
+            return;
+        }
+        let api: Api<PartialObjectMeta<IlertPipeline>> = Api::all(self.shared.client.clone());
+        let existing: HashSet<String> = match api.list_metadata(&ListParams::default()).await {
+            Ok(list) => list.items.iter().filter_map(|p| p.uid()).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list IlertPipelines to find deleted ones; their delivery state is kept for now");
+                return;
+            }
+        };
+        for stale in unserved
+            .iter()
+            .filter(|p| !existing.contains(alerts::pipeline_of(p)))
+        {
+            info!(pipeline_uid = %stale, "removing delivery state of a pipeline that no longer exists");
+            if let Err(e) = ledger.forget_pipeline(stale).await {
+                warn!(error = %e, "could not remove delivery state of a deleted pipeline");
+            }
+        }
     }
 
     fn declare_ready(&self) {
@@ -1092,26 +1292,46 @@ impl Brain {
             alert_stats,
             warm: Arc::new(Notify::new()),
             tasks: Vec::new(),
+            deposed: None,
         };
         if self.leading {
-            handle.start(&self.shared);
+            handle.start(&self.shared, self.catch_up_at.is_some());
         }
         self.pipelines.insert(uid.clone(), handle);
         self.maybe_test_event(&uid);
         uid
     }
 
+    /// A pipeline left this instance's watch: deleted, or relabelled out of `--pipeline-selector`
+    /// (the watch cannot tell). Stops serving it; its delivery state is removed only once the API
+    /// server confirms that it is gone, so a pipeline that comes back is not reported again.
     async fn remove_pipeline(&mut self, uid: &str) {
-        if let Some(h) = self.pipelines.remove(uid) {
-            info!(pipeline = %format!("{}/{}", h.namespace, h.name), "pipeline deleted; removing its delivery state");
-            drop(h);
-            if !self.leading {
+        let Some(h) = self.pipelines.remove(uid) else {
+            return;
+        };
+        let pipeline = format!("{}/{}", h.namespace, h.name);
+        let api: Api<IlertPipeline> = Api::namespaced(self.shared.client.clone(), &h.namespace);
+        let name = h.name.clone();
+        drop(h);
+        if !self.leading {
+            return;
+        }
+        match api.get_metadata_opt(&name).await {
+            Ok(Some(p)) if p.uid().as_deref() == Some(uid) => {
+                info!(pipeline = %pipeline, "pipeline no longer selected by --pipeline-selector; its delivery state is kept");
                 return;
             }
-            for id in [uid.to_string(), alerts::ledger_id(uid)] {
-                if let Err(e) = self.shared.ledger.forget_pipeline(&id).await {
-                    warn!(error = %e, "could not remove delivery state of a deleted pipeline");
-                }
+            Ok(_) => {}
+            Err(e) => {
+                // Decided at the next re-list, against a list of every pipeline.
+                warn!(pipeline = %pipeline, error = %e, "cannot tell whether the pipeline was deleted; its delivery state is kept for now");
+                return;
+            }
+        }
+        info!(pipeline = %pipeline, "pipeline deleted; removing its delivery state");
+        for id in [uid.to_string(), alerts::ledger_id(uid)] {
+            if let Err(e) = self.shared.ledger.forget_pipeline(&id).await {
+                warn!(error = %e, "could not remove delivery state of a deleted pipeline");
             }
         }
     }
@@ -1182,26 +1402,40 @@ impl Brain {
         if !self.leading {
             return;
         }
+        let ledger = &self.shared.ledger;
         let Some(finished) = w.finished() else {
             if w.progress() == Progress::InProgress {
                 h.warm.notify_one();
+            }
+            // A StatefulSet or DaemonSet older than the pipeline, first seen mid-rollout: its
+            // status will give no finish time to tell its end from the baseline, so remember it.
+            if w.kind != Kind::Deployment
+                && w.created_at.is_some_and(|c| c < h.created)
+                && ledger.with_workload(pipeline_uid, workload_uid, |e| e.next().is_none())
+            {
+                ledger.record(
+                    pipeline_uid,
+                    &[(seen_mid_rollout(workload_uid), remembered(w))],
+                );
             }
             return;
         };
         let key = RolloutKey::new(workload_uid, &finished);
         let times = Times {
-            // StatefulSets and DaemonSets stamp no finish time: when their template last changed
-            // stands in, so that those untouched since before the pipeline are its baseline.
-            finished: finished.finished_at.or(w.template_changed_at),
+            finished: finished.finished_at,
             workload_created: w.created_at,
             pipeline_created: h.created,
         };
-        let ledger = &self.shared.ledger;
         let report = match ledger.decide(pipeline_uid, &key, times) {
             Decision::Report => true,
             Decision::Known | Decision::Superseded => false,
             Decision::Baseline => {
                 debug!(workload = %w.reference(), revision = finished.revision, "finished before the pipeline existed: baseline, not reported");
+                // Without a finish time in the status, only the record tells a later rollout
+                // (say, one that ends while the controller is down) from this baseline.
+                if times.finished.is_none() {
+                    ledger.record(pipeline_uid, &[(key.clone(), remembered(w))]);
+                }
                 false
             }
         };
@@ -1378,6 +1612,18 @@ impl Brain {
     }
 }
 
+/// The ledger entry of a workload seen but not reported (baseline, or first seen mid-rollout).
+fn remembered(w: &WorkloadView) -> Entry {
+    Entry {
+        state: State::Baseline,
+        workload: w.reference(),
+        event: None,
+        reported_outcome: None,
+        test: None,
+        alert: None,
+    }
+}
+
 /// What to queue for one finished rollout of one pipeline, once its history is known.
 struct ToQueue {
     shared: Arc<Shared>,
@@ -1475,6 +1721,7 @@ fn record_and_queue(
         key,
         entry,
         queued_at: Instant::now(),
+        held: false,
     });
 }
 
@@ -1506,6 +1753,11 @@ const MAX_IN_FLIGHT: usize = 16;
 pub const KEY_TTL: Duration = Duration::from_secs(2);
 /// The oldest key ever used without reading the Secret first: a rotated key is used within this.
 pub const KEY_MAX_AGE: Duration = Duration::from_secs(4);
+/// How often an idle pipeline reads its Secret, so that status tells a deleted Secret.
+pub const KEY_RECHECK: Duration = Duration::from_secs(60);
+/// How long a pipeline's first status write waits for the first read of its key, so that it does
+/// not say "not read yet" for the moment the read takes.
+const FIRST_READ_GRACE: Duration = Duration::from_secs(5);
 
 type Batch = Vec<(RolloutKey, Entry)>;
 
@@ -1531,6 +1783,8 @@ struct Sender {
     stats: Arc<Mutex<Stats>>,
     spec: watch::Receiver<IlertPipelineSpec>,
     shutdown: watch::Receiver<bool>,
+    /// true once this instance lost the lease: finish what is on the wire, start nothing.
+    deposed: watch::Receiver<bool>,
     /// Notified while a selected workload rolls out (see `warm_key`).
     warm: Arc<Notify>,
 }
@@ -1591,17 +1845,25 @@ struct Delivery {
     refresh: Option<JoinHandle<(Result<IntegrationKey, Problem>, Instant)>>,
     /// Nothing new goes out before this (backoff, pacing).
     resume_at: Option<Instant>,
+    /// Read the key now, sending or not: the pipeline was applied or changed, or the key in hand
+    /// is older than [`KEY_RECHECK`]. Status says only what is known.
+    needs_read: bool,
 }
 
 impl Delivery {
     fn sendable(&self, item: &QueuedEvent) -> bool {
-        !self.in_flight.contains(&item.key) && !self.busy_workloads.contains(&item.key.workload_uid)
+        !item.held
+            && !self.in_flight.contains(&item.key)
+            && !self.busy_workloads.contains(&item.key.workload_uid)
     }
 }
 
 impl Sender {
     async fn run(mut self) {
-        let mut d = Delivery::default();
+        let mut d = Delivery {
+            needs_read: true,
+            ..Delivery::default()
+        };
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let pending_gauge = self
             .shared
@@ -1612,8 +1874,9 @@ impl Sender {
             })
             .clone();
         loop {
-            if *self.shutdown.borrow() {
-                // SIGTERM: what is on the wire finishes and is recorded; nothing new starts.
+            if *self.shutdown.borrow() || *self.deposed.borrow() {
+                // SIGTERM or the lease lost: what is on the wire finishes and is recorded;
+                // nothing new starts.
                 while let Some(done) = tasks.join_next().await {
                     if let Ok(done) = done {
                         self.settle(&mut d, done).await;
@@ -1624,6 +1887,7 @@ impl Sender {
             if self.spec.has_changed().unwrap_or(false) {
                 d.key = None;
                 d.refresh = None;
+                d.needs_read = true;
             }
             let spec = self.spec.borrow_and_update().clone();
             let (waiting, sendable) = {
@@ -1650,12 +1914,26 @@ impl Sender {
                 MAX_IN_FLIGHT
             };
             let paused = spec.suspend || self.channel.secret_ref(&spec).is_none();
+            if d.needs_read && !paused && d.resume_at.is_none_or(|t| t <= now) {
+                // A failed read set a backoff (resume_at) and is tried again after it.
+                if self.key(&spec, &mut d).await.is_some() {
+                    d.needs_read = false;
+                }
+                continue;
+            }
             let go = !paused
                 && sendable > 0
                 && tasks.len() < limit
                 && d.resume_at.is_none_or(|t| t <= now);
             if !go {
                 let resume = d.resume_at.filter(|t| *t > now);
+                // An idle pipeline reads its Secret now and then: a deleted or changed Secret
+                // shows in status without waiting for the next rollout.
+                let recheck = d
+                    .key
+                    .as_ref()
+                    .filter(|_| !paused && !d.needs_read)
+                    .map(|(_, at)| *at + KEY_RECHECK);
                 tokio::select! {
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                         if let Ok(done) = done {
@@ -1669,8 +1947,13 @@ impl Sender {
                         d.key = None;
                         d.refresh = None;
                         d.resume_at = None;
+                        d.needs_read = true;
+                    }
+                    _ = tokio::time::sleep_until(recheck.unwrap_or(now)), if recheck.is_some() => {
+                        d.needs_read = true;
                     }
                     _ = self.shutdown.changed() => {}
+                    _ = self.deposed.changed() => {}
                     _ = tokio::time::sleep_until(resume.unwrap_or(now)), if resume.is_some() => {
                         d.resume_at = None;
                     }
@@ -1823,6 +2106,7 @@ impl Sender {
             Ok(k) => {
                 d.secret_failures = 0;
                 d.key = Some((k.clone(), read_at));
+                self.key_read(spec).await;
                 Some(k)
             }
             Err(problem) => {
@@ -1834,6 +2118,31 @@ impl Sender {
                 );
                 None
             }
+        }
+    }
+
+    /// The key was read: status names the Secret, and a problem reading it is over.
+    async fn key_read(&self, spec: &IlertPipelineSpec) {
+        let from = self
+            .channel
+            .secret_ref(spec)
+            .map(|(r, _)| format!("{}/{} key {}", self.namespace, r.name, r.key));
+        let secret_problem = {
+            let mut s = lock(&self.stats);
+            if s.key_read_from != from {
+                // Another Secret: what ilert accepted with the old one says nothing of this one.
+                if s.key_read_from.is_some() {
+                    s.accepted = false;
+                }
+                s.key_read_from = from;
+                s.dirty = true;
+            }
+            s.delivery_problem
+                .as_ref()
+                .is_some_and(|p| SECRET_PROBLEMS.contains(&p.reason))
+        };
+        if secret_problem {
+            self.set_problem(None).await;
         }
     }
 
@@ -2037,6 +2346,13 @@ impl Sender {
             let value = e.test.clone().unwrap_or_default();
             self.test_result(&value, "Accepted", "ilert accepted the test event")
                 .await;
+        }
+        if !batch.is_empty() {
+            let mut s = lock(&self.stats);
+            if !s.accepted {
+                s.accepted = true;
+                s.dirty = true;
+            }
         }
         let batch = &rollouts[..];
         let Some((last_key, last)) = batch.last() else {
@@ -2337,6 +2653,7 @@ impl StatusWriter {
         let mut announced_config_problem: Option<Problem> = None;
         let mut interval = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u32 = 0;
+        let started = Instant::now();
         loop {
             interval.tick().await;
             if failures > 0 {
@@ -2349,19 +2666,19 @@ impl StatusWriter {
                 if !s.dirty && !a.dirty {
                     continue;
                 }
+                let known = s.ready_known() && (!a.enabled || a.ready_known());
+                if !known && started.elapsed() < FIRST_READ_GRACE {
+                    continue;
+                }
                 s.dirty = false;
                 a.dirty = false;
                 let mut conditions =
                     vec![condition("Ready", s.ready(), &mut last_ready, s.generation)];
                 let alerts = a.enabled.then(|| {
-                    let mut ready = a.ready();
+                    let mut ready = a.ready_for(Channel::Alerts);
                     // A problem of the pipeline's spec stops alerts too.
                     if let Some(p) = &s.config_problem {
                         ready = (false, p.reason, p.message.clone());
-                    }
-                    if ready.0 {
-                        ready.2 =
-                            "The alert source's key is in place and ilert accepts alerts".into();
                     }
                     conditions.push(condition(
                         "AlertsReady",

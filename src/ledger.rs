@@ -33,6 +33,9 @@ pub enum State {
     Sent,
     /// ilert refused it for good; kept so it is not tried again.
     Failed,
+    /// Seen, not reported: the first-sight baseline of a workload that has no finish time in its
+    /// status (StatefulSet, DaemonSet), or, at revision 0, one first seen mid-rollout.
+    Baseline,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,15 +139,29 @@ pub enum Decision {
 /// timestamps, whole seconds).
 #[derive(Clone, Copy, Debug)]
 pub struct Times {
+    /// The finish time the workload's status gives (a Deployment's Progressing condition); None
+    /// where the status gives none (StatefulSet, DaemonSet).
     pub finished: Option<Timestamp>,
     pub workload_created: Option<Timestamp>,
     pub pipeline_created: Timestamp,
 }
 
+/// The key under which a workload first seen mid-rollout is remembered (revision 0 is never a
+/// real revision): its next finished rollout is reported, not taken for the baseline.
+pub fn seen_mid_rollout(workload_uid: &str) -> RolloutKey {
+    RolloutKey {
+        workload_uid: workload_uid.to_string(),
+        revision: 0,
+        outcome: Outcome::Completed,
+    }
+}
+
 /// Pure: what to do with `key` given what the pipeline already knows of that workload.
-/// First sight: a workload older than the pipeline whose rollout finished by the time the
-/// pipeline was created is the baseline. A workload created since is always reported (timestamps
-/// have whole seconds: in doubt, report rather than lose).
+/// One rollout, one outcome: a revision with any entry is known, whatever its outcome.
+/// First sight (no entry yet): a workload created since the pipeline is always reported
+/// (timestamps have whole seconds: in doubt, report rather than lose); an older one whose rollout
+/// is finished when first seen is the baseline, unless its status says it finished after the
+/// pipeline was created (a rollout that ended while the controller was down).
 pub fn decide<'a>(
     known: impl IntoIterator<Item = &'a RolloutKey>,
     key: &RolloutKey,
@@ -156,7 +173,7 @@ pub fn decide<'a>(
         .filter(|k| k.workload_uid == key.workload_uid)
     {
         any = true;
-        if k == key {
+        if k.revision == key.revision {
             return Decision::Known;
         }
         if k.revision > key.revision {
@@ -166,8 +183,8 @@ pub fn decide<'a>(
     let older_workload = times
         .workload_created
         .is_some_and(|c| c < times.pipeline_created);
-    let finished_before = times.finished.is_some_and(|f| f <= times.pipeline_created);
-    if !any && older_workload && finished_before {
+    let finished_since = times.finished.is_some_and(|f| f > times.pipeline_created);
+    if !any && older_workload && !finished_since {
         Decision::Baseline
     } else {
         Decision::Report
@@ -191,11 +208,49 @@ fn lock_queues(q: &Queues) -> std::sync::MutexGuard<'_, HashMap<(String, char), 
     q.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Annotation on every ledger ConfigMap: the leader term (the Lease's `leaseTransitions` when it
+/// was acquired) of the last write.
+pub const EPOCH_ANNOTATION: &str = "ilert.com/ledger-epoch";
+
+/// What fences the writes of one instance: its leader term, whether it leads, and the
+/// resourceVersion of each ConfigMap as last read or written. Every write is conditional on that
+/// resourceVersion, so a write of a deposed leader that does not know it yet fails as soon as
+/// the new leader has written; it then sees a newer term and keeps only what ilert answered.
+#[derive(Default)]
+struct Fence {
+    epoch: u64,
+    leading: bool,
+    versions: HashMap<String, String>,
+}
+
+type SharedFence = Arc<Mutex<Fence>>;
+
+fn lock_fence(f: &SharedFence) -> std::sync::MutexGuard<'_, Fence> {
+    f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Pure: the part of a write a deposed leader may still make. What ilert answered (sent, refused
+/// for good) and what was seen is a fact, whoever records it; a pending claim is the new leader's
+/// to make, and a late one must never land over its state.
+fn deposed_share(data: &Data) -> Data {
+    data.iter()
+        .filter(|(_, v)| {
+            let pending = v
+                .as_str()
+                .and_then(|s| serde_json::from_str::<Entry>(s).ok())
+                .is_some_and(|e| e.state == State::Pending);
+            !pending && !v.is_null()
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The in-memory mirror of the persisted state, and its persistence.
 pub struct Ledger {
     api: Api<ConfigMap>,
     entries: Mutex<HashMap<String, BTreeMap<RolloutKey, Entry>>>,
     queues: Queues,
+    fence: SharedFence,
     /// Counts failed writes (they are retried).
     write_errors: prometheus_client::metrics::counter::Counter,
 }
@@ -208,30 +263,79 @@ impl Ledger {
         write_errors: prometheus_client::metrics::counter::Counter,
     ) -> Result<Self, kube::Error> {
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-        let entries = Self::fetch(&api).await?;
+        let (entries, versions) = Self::fetch(&api).await?;
         Ok(Ledger {
             api,
             entries: Mutex::new(entries),
             queues: Arc::default(),
+            fence: Arc::new(Mutex::new(Fence {
+                versions,
+                ..Fence::default()
+            })),
             write_errors,
         })
     }
 
+    /// This instance leads (or no longer does) in term `epoch`. While it does not, its writes
+    /// keep only what ilert answered.
+    pub fn set_term(&self, leading: bool, epoch: Option<u64>) {
+        let mut f = lock_fence(&self.fence);
+        f.leading = leading;
+        if let Some(e) = epoch {
+            f.epoch = e;
+        }
+    }
+
     /// Reads the persisted state again (a replica that just became leader: the old leader wrote it).
     pub async fn reload(&self) -> Result<(), kube::Error> {
-        let entries = Self::fetch(&self.api).await?;
+        let (entries, versions) = Self::fetch(&self.api).await?;
         *self.lock() = entries;
+        lock_fence(&self.fence).versions = versions;
         Ok(())
     }
 
+    /// Takes over what the store says ilert answered for entries still pending here: a previous
+    /// leader's requests that were on the wire when it lost the lease, recorded after this
+    /// instance read the ledger. Returns the keys per ledger, to drop from the queues.
+    pub async fn catch_up(&self) -> Result<HashMap<String, Vec<RolloutKey>>, kube::Error> {
+        let (stored, _) = Self::fetch(&self.api).await?;
+        let mut done: HashMap<String, Vec<RolloutKey>> = HashMap::new();
+        let mut guard = self.lock();
+        for (pipeline, entries) in stored {
+            let Some(mine) = guard.get_mut(&pipeline) else {
+                continue;
+            };
+            for (key, entry) in entries {
+                if matches!(entry.state, State::Sent | State::Failed)
+                    && mine.get(&key).is_some_and(|e| e.state == State::Pending)
+                {
+                    mine.insert(key.clone(), entry);
+                    done.entry(pipeline.clone()).or_default().push(key);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    #[allow(clippy::type_complexity)]
     async fn fetch(
         api: &Api<ConfigMap>,
-    ) -> Result<HashMap<String, BTreeMap<RolloutKey, Entry>>, kube::Error> {
+    ) -> Result<
+        (
+            HashMap<String, BTreeMap<RolloutKey, Entry>>,
+            HashMap<String, String>,
+        ),
+        kube::Error,
+    > {
         let lp = ListParams::default().labels(&format!(
             "app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"
         ));
         let mut entries: HashMap<String, BTreeMap<RolloutKey, Entry>> = HashMap::new();
+        let mut versions = HashMap::new();
         for cm in api.list(&lp).await? {
+            if let (Some(name), Some(rv)) = (&cm.metadata.name, &cm.metadata.resource_version) {
+                versions.insert(name.clone(), rv.clone());
+            }
             let Some(pipeline) = cm
                 .metadata
                 .labels
@@ -250,7 +354,7 @@ impl Ledger {
                 }
             }
         }
-        Ok(entries)
+        Ok((entries, versions))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<RolloutKey, Entry>>> {
@@ -387,6 +491,7 @@ impl Ledger {
             tokio::spawn(write_shard(
                 self.api.clone(),
                 self.queues.clone(),
+                self.fence.clone(),
                 self.write_errors.clone(),
                 pipeline.to_string(),
                 shard,
@@ -454,6 +559,7 @@ impl Ledger {
 async fn write_shard(
     api: Api<ConfigMap>,
     queues: Queues,
+    fence: SharedFence,
     errors: prometheus_client::metrics::counter::Counter,
     pipeline: String,
     shard: char,
@@ -470,7 +576,7 @@ async fn write_shard(
             }
             std::mem::take(&mut q.data)
         };
-        match patch_shard(&api, &pipeline, shard, data.clone()).await {
+        match patch_shard(&api, &fence, &pipeline, shard, data.clone()).await {
             Ok(()) => attempt = 0,
             Err(e) => {
                 attempt += 1;
@@ -494,53 +600,114 @@ async fn write_shard(
     }
 }
 
+/// Writes `data` into one shard ConfigMap, conditional on the resourceVersion last seen. A
+/// conflict means another writer came between: a newer leader (then only what ilert answered is
+/// written, and the rest dropped), or our own write that timed out but landed (then again).
 async fn patch_shard(
     api: &Api<ConfigMap>,
+    fence: &SharedFence,
     pipeline: &str,
     shard: char,
-    data: Data,
+    mut data: Data,
 ) -> Result<(), kube::Error> {
+    let name = format!("{NAME_PREFIX}{pipeline}-{shard}");
+    let mut deposed = false;
     {
-        let name = format!("{NAME_PREFIX}{pipeline}-{shard}");
-        let patch = json!({ "data": data });
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                let values: BTreeMap<String, String> = data
-                    .into_iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
-                    .collect();
-                let cm = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        labels: Some(BTreeMap::from([
-                            (
-                                "app.kubernetes.io/managed-by".to_string(),
-                                MANAGED_BY.to_string(),
-                            ),
-                            (PIPELINE_UID_LABEL.to_string(), pipeline.to_string()),
-                        ])),
-                        ..Default::default()
-                    },
-                    data: Some(values),
-                    ..Default::default()
-                };
-                match api.create(&PostParams::default(), &cm).await {
-                    Ok(_) => Ok(()),
-                    // Created meanwhile by another write: patch again.
-                    Err(kube::Error::Api(s)) if s.code == 409 => api
-                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map(|_| ()),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        let f = lock_fence(fence);
+        if !f.leading {
+            deposed = true;
         }
     }
+    loop {
+        if deposed {
+            data = deposed_share(&data);
+            if data.is_empty() {
+                return Ok(());
+            }
+        }
+        let (epoch, version) = {
+            let f = lock_fence(fence);
+            (f.epoch, f.versions.get(&name).cloned())
+        };
+        let mut patch = json!({ "data": data });
+        if let Some(rv) = &version {
+            patch["metadata"] = json!({ "resourceVersion": rv });
+        }
+        if !deposed {
+            patch["metadata"]["annotations"] = json!({ EPOCH_ANNOTATION: epoch.to_string() });
+        }
+        let result = match &version {
+            Some(_) => {
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            }
+            None => create_shard(api, &name, pipeline, epoch, &data).await,
+        };
+        match result {
+            Ok(cm) => {
+                if let Some(rv) = cm.metadata.resource_version {
+                    lock_fence(fence).versions.insert(name.clone(), rv);
+                }
+                return Ok(());
+            }
+            // Gone (a pipeline forgotten and back, deleted by hand): create it again.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                lock_fence(fence).versions.remove(&name);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let current = api.get(&name).await?;
+                let theirs = current
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(EPOCH_ANNOTATION))
+                    .and_then(|e| e.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if theirs > epoch && !deposed {
+                    warn!(ledger = %name, epoch, newer = theirs, "a newer leader writes the delivery state: keeping only what ilert answered");
+                    deposed = true;
+                }
+                if let Some(rv) = current.metadata.resource_version {
+                    lock_fence(fence).versions.insert(name.clone(), rv);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn create_shard(
+    api: &Api<ConfigMap>,
+    name: &str,
+    pipeline: &str,
+    epoch: u64,
+    data: &Data,
+) -> Result<ConfigMap, kube::Error> {
+    let values: BTreeMap<String, String> = data
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+        .collect();
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    MANAGED_BY.to_string(),
+                ),
+                (PIPELINE_UID_LABEL.to_string(), pipeline.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                EPOCH_ANNOTATION.to_string(),
+                epoch.to_string(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(values),
+        ..Default::default()
+    };
+    // Created meanwhile by another write: a 409, read again and patched by the caller.
+    api.create(&PostParams::default(), &cm).await
 }
 
 #[cfg(test)]
@@ -590,10 +757,35 @@ mod tests {
         // Known workload: a later rollout is reported even if its finish time looks early.
         assert_eq!(decide([&r1], &r2, old(before)), Decision::Report);
         assert_eq!(decide([&r2], &r1, old(after)), Decision::Superseded);
-        assert_eq!(decide([&f2], &r2, old(after)), Decision::Report);
+        // One rollout, one outcome: revision 2 failed, then recovered: not reported again.
+        assert_eq!(decide([&f2], &r2, old(after)), Decision::Known);
         assert_eq!(
             decide([&key("b", 9, Outcome::Completed)], &r1, old(before)),
             Decision::Baseline
+        );
+    }
+
+    #[test]
+    fn baseline_from_what_the_status_says_at_first_sight() {
+        let created: Timestamp = "2026-11-26T10:00:00Z".parse().unwrap();
+        let before: Timestamp = "2026-11-26T09:00:00Z".parse().unwrap();
+        // A StatefulSet older than the pipeline, no finish time in its status.
+        let set = Times {
+            finished: None,
+            workload_created: Some(before),
+            pipeline_created: created,
+        };
+        let r1 = key("s", 1, Outcome::Completed);
+        // Finished when first seen: the baseline (the caller records it).
+        assert_eq!(decide([], &r1, set), Decision::Baseline);
+        // First seen mid-rollout: remembered at revision 0, so its end is reported, however
+        // long ago its template changed.
+        let seen = seen_mid_rollout("s");
+        assert_eq!(decide([&seen], &r1, set), Decision::Report);
+        // After a recorded baseline, the next revision is reported.
+        assert_eq!(
+            decide([&r1], &key("s", 2, Outcome::Completed), set),
+            Decision::Report
         );
     }
 }

@@ -179,6 +179,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pipeline_selector: args.pipeline_selector.clone(),
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
         ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),
+        lease: args.leader_elect.then(|| args.lease_name.clone()),
         instance: std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
     };

@@ -125,6 +125,12 @@ pub struct WorkloadView {
     /// Reason and last update time of the Progressing condition.
     pub progressing_reason: Option<String>,
     pub progressing_updated: Option<Timestamp>,
+    /// Deployment: the ReplicaSet the Progressing condition's message names (`ReplicaSet "web-5d8"
+    /// has timed out progressing.`): whose rollout the condition speaks of.
+    pub progressing_replica_set: Option<Box<str>>,
+    /// Deployment: the name of the ReplicaSet that holds the current revision, which the
+    /// controller looks up in its ReplicaSet cache ([`resolve_replica_set`]).
+    pub current_replica_set: Option<Box<str>>,
     /// Container name -> image, init containers prefixed with `init:`.
     pub images: Pairs,
     /// The manager that last changed the pod template, and when (from managedFields).
@@ -175,6 +181,8 @@ impl WorkloadView {
             ready_replicas: 0,
             progressing_reason: None,
             progressing_updated: None,
+            progressing_replica_set: None,
+            current_replica_set: None,
             images: template.map(images).unwrap_or_default(),
             template_manager,
             template_changed_at,
@@ -212,6 +220,9 @@ impl WorkloadView {
                         .or(c.last_transition_time.as_ref())
                 })
                 .map(|t| t.0),
+            progressing_replica_set: progressing
+                .and_then(|c| c.message.as_deref())
+                .and_then(named_replica_set),
             ..Self::base(
                 Kind::Deployment,
                 &d.metadata,
@@ -306,26 +317,31 @@ impl WorkloadView {
         }
     }
 
-    /// StatefulSet: every replica ready and, with a partition, the replicas above it updated;
-    /// otherwise (no partition: OnDelete) every replica at the update revision.
+    /// StatefulSet: every replica runs the update revision and is ready and available. Not
+    /// `updateRevision == currentRevision`: before Kubernetes' 2026 fix the StatefulSet controller
+    /// never advances `currentRevision` under OnDelete, so that rule never completes there; the
+    /// counts hold under both strategies on every supported version. A partition that holds
+    /// replicas back is a staged rollout, not a finished one: it completes when the partition is
+    /// lowered and every replica is updated (one outcome, at the real end).
     fn stateful_set_progress(&self) -> Progress {
         if self.observed_generation == 0 || self.observed_generation < self.generation {
             return Progress::InProgress;
         }
-        if self.ready_replicas < self.spec_replicas {
-            return Progress::InProgress;
+        let all_updated = self.updated_replicas >= self.spec_replicas
+            && self.replicas == self.spec_replicas
+            && self.ready_replicas >= self.spec_replicas
+            && self.available_replicas >= self.spec_replicas;
+        if all_updated {
+            return Progress::Complete;
         }
-        if let Some(partition) = self.partition {
-            return if self.updated_replicas < self.spec_replicas - partition {
-                Progress::InProgress
-            } else {
-                Progress::Complete
-            };
+        // Replicas above the partition are done and the rest are held back on purpose.
+        if let Some(partition) = self.partition.filter(|p| *p > 0)
+            && self.updated_replicas >= self.spec_replicas - partition
+            && self.ready_replicas >= self.spec_replicas
+        {
+            return Progress::Paused;
         }
-        if self.update_revision != self.current_revision {
-            return Progress::InProgress;
-        }
-        Progress::Complete
+        Progress::InProgress
     }
 
     /// DaemonSet: every scheduled pod updated and available.
@@ -344,7 +360,13 @@ impl WorkloadView {
             return Progress::InProgress;
         }
         if self.progressing_reason.as_deref() == Some("ProgressDeadlineExceeded") {
-            return Progress::Failed;
+            // A deadline carried over from an earlier revision (a rollback re-uses an older
+            // ReplicaSet) is not this revision's outcome: wait for the controller to update it.
+            return if self.deadline_is_current() {
+                Progress::Failed
+            } else {
+                Progress::InProgress
+            };
         }
         if self.paused {
             return Progress::Paused;
@@ -356,6 +378,21 @@ impl WorkloadView {
             return Progress::InProgress;
         }
         Progress::Complete
+    }
+
+    /// Whether a ProgressDeadlineExceeded condition speaks of the current revision: it names the
+    /// revision's ReplicaSet (unknown until the ReplicaSet cache has it: not yet decided). A
+    /// message that names no ReplicaSet (the controller had none to create) counts unless it is
+    /// older than the last change of the template.
+    fn deadline_is_current(&self) -> bool {
+        match (&self.progressing_replica_set, &self.current_replica_set) {
+            (Some(named), Some(current)) => named == current,
+            (Some(_), None) => false,
+            (None, _) => match (self.progressing_updated, self.template_changed_at) {
+                (Some(updated), Some(changed)) => updated >= changed,
+                _ => true,
+            },
+        }
     }
 
     /// The finished rollout the object shows now, if its current revision has finished.
@@ -406,6 +443,7 @@ pub struct History {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReplicaSetView {
     pub uid: String,
+    pub name: Box<str>,
     /// UID of the workload that controls it.
     pub owner: Option<String>,
     pub revision: Option<u64>,
@@ -420,6 +458,7 @@ impl ReplicaSetView {
         let annotation = |key: &str| rs.metadata.annotations.as_ref()?.get(key).cloned();
         ReplicaSetView {
             uid: rs.metadata.uid.clone().unwrap_or_default(),
+            name: rs.metadata.name.as_deref().unwrap_or_default().into(),
             owner: controller_uid(&rs.metadata),
             revision: annotation(REVISION_ANNOTATION).and_then(|r| r.parse().ok()),
             revision_history: annotation(REVISION_HISTORY_ANNOTATION)
@@ -483,6 +522,30 @@ pub fn resolve_revision<'a>(
         }
         Kind::DaemonSet => owned.map(|r| r.revision).max(),
     }
+}
+
+/// The name of the ReplicaSet that holds a Deployment's current revision, from its ReplicaSets.
+/// None until that ReplicaSet is known (the watches are separate streams) and for other kinds.
+pub fn resolve_replica_set<'a>(
+    workload: &WorkloadView,
+    replica_sets: impl IntoIterator<Item = &'a ReplicaSetView>,
+) -> Option<Box<str>> {
+    if workload.kind != Kind::Deployment {
+        return None;
+    }
+    let revision = workload.revision()?;
+    replica_sets
+        .into_iter()
+        .filter(|rs| rs.owner.as_deref() == Some(workload.uid.as_str()))
+        .find(|rs| rs.revision == Some(revision))
+        .map(|rs| rs.name.clone())
+}
+
+/// The ReplicaSet a Deployment condition's message names: `ReplicaSet "web-5d8" has ...`.
+fn named_replica_set(message: &str) -> Option<Box<str>> {
+    let rest = message.strip_prefix("ReplicaSet \"")?;
+    let end = rest.find('"')?;
+    Some(rest[..end].into())
 }
 
 impl History {
@@ -668,8 +731,15 @@ mod tests {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// The view as the controller keeps it: with the ReplicaSet of its current revision, which
+    /// for the fixtures without a ReplicaSet list is the one its Progressing condition names (a
+    /// Deployment with one revision has one ReplicaSet).
     fn view(name: &str) -> WorkloadView {
-        WorkloadView::from_deployment(&fixture::<Deployment>(name))
+        let mut w = WorkloadView::from_deployment(&fixture::<Deployment>(name));
+        if w.revision() == Some(1) {
+            w.current_replica_set = w.progressing_replica_set.clone();
+        }
+        w
     }
 
     fn replica_sets(name: &str) -> Vec<ReplicaSet> {
@@ -713,6 +783,51 @@ mod tests {
         assert_eq!((failed.revision, failed.outcome), (1, Outcome::Failed));
         assert_eq!(view("deployment-progressing.json").finished(), None);
         assert_eq!(view("deployment-paused.json").finished(), None);
+    }
+
+    #[test]
+    fn a_deadline_carried_over_from_an_earlier_revision_decides_nothing() {
+        let failed = view("deployment-failed.json");
+        assert_eq!(
+            failed.progressing_replica_set.as_deref(),
+            Some("stuck-56cd8db9bf")
+        );
+        assert_eq!(failed.progress(), Progress::Failed);
+        // A rollback re-uses an older ReplicaSet as the new revision; the condition still names
+        // the ReplicaSet that timed out.
+        let mut rolled_back = failed.clone();
+        rolled_back.annotations = rolled_back
+            .annotations
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    if k == REVISION_ANNOTATION { "3" } else { v }.to_string(),
+                )
+            })
+            .collect();
+        rolled_back.current_replica_set = Some("stuck-7f9c6b5d4".into());
+        assert_eq!(rolled_back.progress(), Progress::InProgress);
+        assert_eq!(
+            rolled_back.finished(),
+            None,
+            "no outcome for revision 3 yet"
+        );
+        // Until the ReplicaSet of the revision is known, nothing is decided either.
+        rolled_back.current_replica_set = None;
+        assert_eq!(rolled_back.finished(), None);
+        // The ReplicaSet list resolves the current one by revision.
+        let rs = |name: &str, revision: u64| ReplicaSetView {
+            name: name.into(),
+            owner: Some(failed.uid.clone()),
+            revision: Some(revision),
+            ..Default::default()
+        };
+        let sets = [rs("stuck-56cd8db9bf", 2), rs("stuck-7f9c6b5d4", 3)];
+        assert_eq!(
+            resolve_replica_set(&rolled_back, &sets).as_deref(),
+            Some("stuck-7f9c6b5d4")
+        );
     }
 
     #[test]
@@ -801,8 +916,6 @@ mod tests {
             "statefulset-complete.json",
             "statefulset-scaled.json",
             "statefulset-rev2-complete.json",
-            // partition 2 of 4 replicas: the 2 above the partition updated is complete.
-            "statefulset-partitioned-complete.json",
         ] {
             assert_eq!(stateful_set(file).progress(), Progress::Complete, "{file}");
         }
@@ -810,9 +923,17 @@ mod tests {
             assert_eq!(daemon_set(file).progress(), Progress::Complete, "{file}");
         }
 
+        // Partition 2 of 4: the 2 above it updated is a staged rollout held back, not its end.
         let mut sts = stateful_set("statefulset-partitioned-complete.json");
+        assert_eq!(sts.progress(), Progress::Paused, "held by the partition");
         sts.updated_replicas = 1;
-        assert_eq!(sts.progress(), Progress::InProgress, "below the partition");
+        assert_eq!(sts.progress(), Progress::InProgress, "above the partition");
+        // The partition lowered and every replica updated: the real end of the same revision.
+        let mut sts = stateful_set("statefulset-partitioned-complete.json");
+        sts.partition = Some(0);
+        assert_eq!(sts.progress(), Progress::InProgress, "partition lowered");
+        sts.updated_replicas = 4;
+        assert_eq!(sts.progress(), Progress::Complete, "every replica updated");
         let mut sts = stateful_set("statefulset-rev2-complete.json");
         sts.observed_generation -= 1;
         assert_eq!(
@@ -823,12 +944,20 @@ mod tests {
         let mut sts = stateful_set("statefulset-rev2-complete.json");
         sts.ready_replicas -= 1;
         assert_eq!(sts.progress(), Progress::InProgress, "a replica not ready");
-        // OnDelete: no partition; complete once every pod runs the update revision.
+        // OnDelete: no partition; complete once every pod runs the update revision, although
+        // before Kubernetes' 2026 fix `currentRevision` never moves to the update revision.
         let mut sts = stateful_set("statefulset-partitioned-complete.json");
         sts.partition = None;
         assert_eq!(sts.progress(), Progress::InProgress, "OnDelete, pods left");
-        sts.current_revision = sts.update_revision.clone();
+        sts.updated_replicas = 4;
+        assert_ne!(sts.current_revision, sts.update_revision);
         assert_eq!(sts.progress(), Progress::Complete, "OnDelete, all replaced");
+        sts.ready_replicas = 3;
+        assert_eq!(
+            sts.progress(),
+            Progress::InProgress,
+            "OnDelete, one not ready"
+        );
 
         let mut ds = daemon_set("daemonset-rev2-complete.json");
         ds.updated_replicas -= 1;

@@ -9,6 +9,7 @@ mod controller;
 mod docs;
 mod examples;
 mod operations;
+mod promise;
 mod sets;
 mod shaping;
 #[allow(dead_code)]

@@ -549,6 +549,18 @@ impl Controller {
 
     /// A second replica of the same controller (same namespace, pipelines and lease).
     pub fn start_named(ns: &str, ilert: &FakeIlert, extra: &[&str], replica: &str) -> Self {
+        Self::start_serving(ns, ilert, &format!("e2e-ns={ns}"), extra, replica)
+    }
+
+    /// A controller in `ns` that serves the pipelines `selector` selects (`--pipeline-selector`):
+    /// one shard of a cluster split across instances.
+    pub fn start_serving(
+        ns: &str,
+        ilert: &FakeIlert,
+        selector: &str,
+        extra: &[&str],
+        replica: &str,
+    ) -> Self {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--cluster-name".into(),
@@ -558,7 +570,7 @@ impl Controller {
             "--trusted-namespaces".into(),
             ns.into(),
             "--pipeline-selector".into(),
-            format!("e2e-ns={ns}"),
+            selector.into(),
             "--log-format".into(),
             "json".into(),
             "--listen-address".into(),

@@ -1,0 +1,418 @@
+//! The promise under edge paths, on the real control plane: one outcome per rollout (a stale
+//! condition never decides it), a baseline from what the status says at first sight, staged and
+//! OnDelete StatefulSets reported at their real end, Ready that says only what is known, and
+//! instances split by `--pipeline-selector` that never repeat or forget each other's events.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+
+use crate::*;
+
+/// A revision that cannot be scheduled: Failed 3 s after it starts.
+fn stuck(name: &str, image: &str) -> Value {
+    let mut d = deployment(name, image, 2);
+    d["spec"]["progressDeadlineSeconds"] = json!(3);
+    d["spec"]["template"]["spec"]["nodeSelector"] = json!({"no-such-node": "true"});
+    d
+}
+
+fn outcomes(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["customDetails"]["revision"].as_str().unwrap_or("").into(),
+                e["customDetails"]["outcome"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rollback_after_a_failed_rollout_is_one_rolled_back_event_and_one_resolve() {
+    let spec = json!({
+        "integrationKeySecretRef": {"name": "ilert"},
+        "alerts": {"alertSourceKeySecretRef": {"name": "ilert-alerts"}}
+    });
+    let w = World::new("staledeadline", true, Some(spec), &[]).await;
+    create_secret(
+        &w.client,
+        &w.ns.name,
+        "ilert-alerts",
+        "integrationKey",
+        "il1api-stale",
+    )
+    .await;
+    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 2)).await;
+    wait_revision_complete(&w.deployments, "web", "1").await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+
+    // Revision 2 fails by its progress deadline: a Failed event and an ALERT.
+    apply(&w.deployments, "web", &stuck("web", "nginx:1.26-broken")).await;
+    w.ilert
+        .wait_alerts_accepted(1, Duration::from_secs(90))
+        .await;
+    w.ilert.wait_accepted(2, EVENT_WAIT).await;
+
+    // The template of revision 1 again: the Deployment controller re-uses its ReplicaSet as
+    // revision 3 while the Progressing condition still says revision 2 exceeded its deadline.
+    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 2)).await;
+    wait_revision_complete(&w.deployments, "web", "3").await;
+    w.ilert.wait_accepted(3, EVENT_WAIT).await;
+    w.ilert.wait_alerts_accepted(2, EVENT_WAIT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let events = w.ilert.accepted();
+    assert_eq!(
+        outcomes(&events),
+        vec![
+            ("1".into(), "Completed".into()),
+            ("2".into(), "Failed".into()),
+            ("3".into(), "RolledBack".into())
+        ],
+        "one outcome per revision"
+    );
+    let alerts: Vec<String> = w
+        .ilert
+        .alerts_accepted()
+        .iter()
+        .map(|a| a["eventType"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(alerts, ["ALERT", "RESOLVE"], "no page for the rollback");
+    w.ilert.assert_schema_valid();
+}
+
+#[tokio::test]
+async fn ready_says_only_what_is_known_about_the_key() {
+    let w = World::new("readykey", false, None, &[]).await;
+    // No Secret and no rollout yet: not Ready, and it says why.
+    let message = w.wait_ready_condition("False", "SecretNotFound").await;
+    assert!(message.contains("ilert"), "{message}");
+    // The Secret appears: the key was read; nothing was sent.
+    create_secret(&w.client, &w.ns.name, "ilert", "integrationKey", &w.key).await;
+    let message = w.wait_ready_condition("True", "Ready").await;
+    assert!(
+        message.contains(&format!("Secret {}/ilert", w.ns.name))
+            && message.contains("no event sent yet"),
+        "{message}"
+    );
+    apply(&w.deployments, "api", &deployment("api", "nginx:1.25", 1)).await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    eventually(
+        Duration::from_secs(10),
+        "Ready says ilert accepted",
+        || async {
+            let p = w.pipeline().await.status?;
+            let c = p.conditions.iter().find(|c| c.type_ == "Ready")?;
+            c.message
+                .contains("ilert accepted the last event")
+                .then_some(())
+        },
+    )
+    .await;
+    // The Secret is deleted while nothing rolls out: the pipeline says so on its own.
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns.name);
+    secrets
+        .delete("ilert", &Default::default())
+        .await
+        .expect("delete secret");
+    w.wait_condition(PIPELINE, "Ready", "False", "SecretNotFound")
+        .await;
+    w.assert_key_never_leaked().await;
+}
+
+fn stateful_set(name: &str, image: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "db", "image": image}]}
+            }
+        }
+    })
+}
+
+/// Labels (or unlabels) every node: pods that select the label can be scheduled.
+async fn label_nodes(client: &Client, label: &str, on: bool) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in nodes.list(&Default::default()).await.expect("nodes") {
+        let name = n.metadata.name.unwrap_or_default();
+        let value = if on { json!("true") } else { Value::Null };
+        nodes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {label: value}}})),
+            )
+            .await
+            .expect("label node");
+    }
+}
+
+/// The ledger entries the controller keeps in `ns`, as ConfigMap data keys.
+async fn ledger_keys(client: &Client, ns: &str) -> Vec<String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .expect("configmaps")
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("ilert-ledger-")
+        })
+        .flat_map(|c| c.data.unwrap_or_default().into_keys())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stateful_set_mid_rollout_when_its_pipeline_is_created_is_reported_once() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "midrollout").await;
+    let hold = format!("e2e-hold-{}", ns.name);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    // Its pods wait for a node label: the rollout is in progress when the pipeline appears.
+    let mut sts = stateful_set("db", "postgres:16.3", 2);
+    sts["spec"]["template"]["spec"]["nodeSelector"] = json!({&hold: "true"});
+    apply(&sets, "db", &sts).await;
+    let uid = sets.get("db").await.unwrap().metadata.uid.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    create_secret(&client, &ns.name, "ilert", "integrationKey", "ilapid-mid").await;
+    let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), &ns.name);
+    create_pipeline(
+        &pipelines,
+        &ns.name,
+        PIPELINE,
+        json!({"integrationKeySecretRef": {"name": "ilert"}}),
+    )
+    .await;
+    let ilert = FakeIlert::start().await;
+    let mut controller = Controller::start(&ns.name, &ilert, &[]);
+    controller.wait_ready().await;
+    // Remembered as seen mid-rollout, so that a restart does not take its end for the baseline.
+    eventually(Duration::from_secs(20), "seen mid-rollout", || async {
+        ledger_keys(&client, &ns.name)
+            .await
+            .contains(&format!("{uid}.0.Completed"))
+            .then_some(())
+    })
+    .await;
+    controller.kill();
+    label_nodes(&client, &hold, true).await;
+    eventually(Duration::from_secs(90), "db rolled out", || async {
+        let st = sets.get("db").await.ok()?.status?;
+        (st.ready_replicas? == 2 && st.updated_replicas? == 2).then_some(())
+    })
+    .await;
+    controller.restart();
+    controller.wait_ready().await;
+    let events = ilert.wait_accepted(1, EVENT_WAIT).await;
+    label_nodes(&client, &hold, false).await;
+    assert_eq!(events[0]["customDetails"]["kind"], "StatefulSet");
+    assert_eq!(events[0]["customDetails"]["revision"], "1");
+    assert_no_more_than(&ilert, 1, Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn staged_and_on_delete_stateful_sets_are_reported_at_their_real_end() {
+    let w = World::new("stagedsts", true, None, &[]).await;
+    let sets: Api<StatefulSet> = Api::namespaced(w.client.clone(), &w.ns.name);
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), &w.ns.name);
+    let all_updated = |name: &'static str, replicas: i32| {
+        let sets = sets.clone();
+        async move {
+            eventually(
+                Duration::from_secs(90),
+                &format!("{name}: {replicas} updated and ready"),
+                || async {
+                    let s = sets.get(name).await.ok()?;
+                    let st = s.status?;
+                    (st.observed_generation? >= s.metadata.generation?
+                        && st.updated_replicas? == replicas
+                        && st.ready_replicas? == replicas)
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+
+    // A partition holds one of two replicas back: a staged rollout, not its end.
+    let mut staged = stateful_set("staged", "postgres:16.3", 2);
+    apply(&sets, "staged", &staged).await;
+    all_updated("staged", 2).await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    staged["spec"]["updateStrategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}});
+    staged["spec"]["template"]["spec"]["containers"][0]["image"] = json!("postgres:16.4");
+    apply(&sets, "staged", &staged).await;
+    eventually(Duration::from_secs(60), "staged: pod 1 updated", || async {
+        let st = sets.get("staged").await.ok()?.status?;
+        (st.updated_replicas? == 1 && st.ready_replicas? == 2).then_some(())
+    })
+    .await;
+    assert_no_more_than(&w.ilert, 1, Duration::from_secs(4)).await;
+    // The partition lowered: every replica updated, one event for revision 2.
+    staged["spec"]["updateStrategy"]["rollingUpdate"]["partition"] = json!(0);
+    apply(&sets, "staged", &staged).await;
+    all_updated("staged", 2).await;
+    let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
+    assert_eq!(events[1]["customDetails"]["revision"], "2", "{}", events[1]);
+    assert_eq!(events[1]["customDetails"]["images"]["db"], "postgres:16.4");
+
+    // OnDelete: the new revision reaches the pods only as they are deleted.
+    let mut manual = stateful_set("manual", "redis:7.2", 2);
+    manual["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    apply(&sets, "manual", &manual).await;
+    all_updated("manual", 2).await;
+    w.ilert.wait_accepted(3, EVENT_WAIT).await;
+    manual["spec"]["template"]["spec"]["containers"][0]["image"] = json!("redis:7.4");
+    apply(&sets, "manual", &manual).await;
+    assert_no_more_than(&w.ilert, 3, Duration::from_secs(4)).await;
+    for i in 0..2 {
+        pods.delete(&format!("manual-{i}"), &Default::default())
+            .await
+            .expect("delete pod");
+    }
+    all_updated("manual", 2).await;
+    let events = w.ilert.wait_accepted(4, EVENT_WAIT).await;
+    assert_eq!(events[3]["customDetails"]["name"], "manual");
+    assert_eq!(events[3]["customDetails"]["revision"], "2", "{}", events[3]);
+    assert_no_more_than(&w.ilert, 4, Duration::from_secs(3)).await;
+    w.ilert.assert_schema_valid();
+}
+
+#[tokio::test]
+async fn instances_split_by_pipeline_selector_never_repeat_or_forget_each_other() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "shards").await;
+    let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let ilert = FakeIlert::start().await;
+    let mut controllers = Vec::new();
+    for shard in ["a", "b"] {
+        create_secret(
+            &client,
+            &ns.name,
+            &format!("ilert-{shard}"),
+            "integrationKey",
+            &format!("ilapid-shard-{shard}"),
+        )
+        .await;
+        create_pipeline(
+            &pipelines,
+            &format!("{}-{shard}", ns.name),
+            &format!("team-{shard}"),
+            json!({
+                "integrationKeySecretRef": {"name": format!("ilert-{shard}")},
+                "selector": {"matchLabels": {"team": shard}}
+            }),
+        )
+        .await;
+        let lease = format!("ilert-rollout-controller-{shard}");
+        let mut c = Controller::start_serving(
+            &ns.name,
+            &ilert,
+            &format!("e2e-ns={}-{shard}", ns.name),
+            &["--lease-name", &lease],
+            shard,
+        );
+        c.wait_ready().await;
+        controllers.push(c);
+    }
+    let workload = |name: &str, team: &str, image: &str| {
+        let mut d = deployment(name, image, 1);
+        d["metadata"]["labels"]["team"] = json!(team);
+        d
+    };
+    // Per (key, workload, revision): how many events ilert accepted.
+    let tally = |ilert: &FakeIlert| {
+        let mut t: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+        for e in ilert.accepted() {
+            *t.entry((
+                e["integrationKey"].as_str().unwrap_or("").into(),
+                e["customDetails"]["name"].as_str().unwrap_or("").into(),
+                e["customDetails"]["revision"].as_str().unwrap_or("").into(),
+            ))
+            .or_default() += 1;
+        }
+        t
+    };
+    apply(&deployments, "api", &workload("api", "a", "nginx:1.25")).await;
+    apply(&deployments, "web", &workload("web", "b", "nginx:1.25")).await;
+    ilert.wait_accepted(2, EVENT_WAIT).await;
+    // Each instance restarts once: neither may forget or repeat the other's deliveries.
+    for c in controllers.iter_mut() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.restart();
+        c.wait_ready().await;
+    }
+    apply(&deployments, "api", &workload("api", "a", "nginx:1.26")).await;
+    apply(&deployments, "web", &workload("web", "b", "nginx:1.26")).await;
+    ilert.wait_accepted(4, EVENT_WAIT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let t = tally(&ilert);
+    assert_eq!(t.len(), 4, "{t:?}");
+    assert!(t.values().all(|n| *n == 1), "repeated events: {t:?}");
+
+    // Relabelled out of its shard and back: its deliveries are still known.
+    for value in [format!("{}-elsewhere", ns.name), format!("{}-a", ns.name)] {
+        pipelines
+            .patch(
+                "team-a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"e2e-ns": value}}})),
+            )
+            .await
+            .expect("relabel");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert_no_more_than(&ilert, 4, Duration::from_secs(5)).await;
+    // Deleting a pipeline still removes its delivery state.
+    let uid = pipelines.get("team-b").await.unwrap().metadata.uid.unwrap();
+    pipelines
+        .delete("team-b", &Default::default())
+        .await
+        .expect("delete pipeline");
+    eventually(
+        Duration::from_secs(20),
+        "team-b's ledger removed",
+        || async {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+            let left = api
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|c| c.metadata.name.as_deref().unwrap_or("").contains(&uid))
+                .count();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    let a_uid = pipelines.get("team-a").await.unwrap().metadata.uid.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|c| c.metadata.name.as_deref().unwrap_or("").contains(&a_uid)),
+        "team-a's ledger is gone"
+    );
+}
