@@ -65,6 +65,8 @@ pub struct Config {
     pub ilert_timeout: Duration,
     /// The Lease of leader election in `namespace`; None: no election, always leading.
     pub lease: Option<String>,
+    /// How much delivery state one pipeline may keep in ConfigMaps.
+    pub ledger_capacity: crate::ledger::Capacity,
     pub instance: String,
 }
 
@@ -123,6 +125,8 @@ struct Stats {
     /// ilert accepted an event (or test event) of this channel since the key was read, or the
     /// status says the last one went out.
     accepted: bool,
+    /// Pending events the full ledger could not store (in memory only).
+    unstored: usize,
     dirty: bool,
 }
 
@@ -140,6 +144,26 @@ impl Stats {
     }
 
     fn ready_for(&self, channel: Channel) -> (bool, &'static str, String) {
+        let (ready, reason, mut message) = self.readiness(channel);
+        if self.unstored == 0 {
+            return (ready, reason, message);
+        }
+        let full = format!(
+            "the delivery state is full: {} pending events wait in memory only (lost if the controller restarts before they are sent and their workloads move on)",
+            self.unstored
+        );
+        if !ready {
+            message = format!("{message}; {full}");
+            return (false, reason, message);
+        }
+        (
+            false,
+            "LedgerFull",
+            format!("{full}; they are stored once delivered events make room"),
+        )
+    }
+
+    fn readiness(&self, channel: Channel) -> (bool, &'static str, String) {
         let (key, event) = match channel {
             Channel::Deployments => ("Integration key", "event"),
             Channel::Alerts => ("Alert source key", "alert"),
@@ -371,6 +395,7 @@ impl PipelineHandle {
         );
         let status = StatusWriter {
             shared: shared.clone(),
+            uid: self.uid.clone(),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             reference: self.reference.clone(),
@@ -653,14 +678,19 @@ pub async fn run(
             error: "ledger".into(),
         })
         .clone();
-    let ledger = Ledger::load(client.clone(), &cfg.namespace, write_errors)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the delivery state (ConfigMaps) in namespace {}: {e}",
-                cfg.namespace
-            )
-        })?;
+    let ledger = Ledger::load(
+        client.clone(),
+        &cfg.namespace,
+        cfg.ledger_capacity,
+        write_errors,
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the delivery state (ConfigMaps) in namespace {}: {e}",
+            cfg.namespace
+        )
+    })?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -987,6 +1017,12 @@ impl Brain {
                     let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
                     for p in pipelines {
                         self.resolve_gone(&p, &uid);
+                        // What was delivered for it goes now, not at the next re-list.
+                        if self.leading {
+                            for id in [p.clone(), alerts::ledger_id(&p)] {
+                                self.shared.ledger.forget_workload(&id, &uid);
+                            }
+                        }
                     }
                 }
             },
@@ -1754,7 +1790,7 @@ pub const KEY_TTL: Duration = Duration::from_secs(2);
 /// The oldest key ever used without reading the Secret first: a rotated key is used within this.
 pub const KEY_MAX_AGE: Duration = Duration::from_secs(4);
 /// How often an idle pipeline reads its Secret, so that status tells a deleted Secret.
-pub const KEY_RECHECK: Duration = Duration::from_secs(60);
+pub const KEY_RECHECK: Duration = Duration::from_secs(30);
 /// How long a pipeline's first status write waits for the first read of its key, so that it does
 /// not say "not read yet" for the moment the read takes.
 const FIRST_READ_GRACE: Duration = Duration::from_secs(5);
@@ -2611,6 +2647,7 @@ async fn publish(
 /// Writes a pipeline's status when something changed, at most twice a second.
 struct StatusWriter {
     shared: Arc<Shared>,
+    uid: String,
     namespace: String,
     name: String,
     reference: ObjectReference,
@@ -2654,8 +2691,33 @@ impl StatusWriter {
         let mut interval = tokio::time::interval(Duration::from_millis(500));
         let mut failures: u32 = 0;
         let started = Instant::now();
+        let labels = PipelineLabels {
+            pipeline: format!("{}/{}", self.namespace, self.name),
+        };
+        let alerts_ledger = alerts::ledger_id(&self.uid);
         loop {
             interval.tick().await;
+            let ledger = &self.shared.ledger;
+            let metrics = &self.shared.metrics;
+            for (stats, id) in [
+                (&self.stats, &self.uid),
+                (&self.alert_stats, &alerts_ledger),
+            ] {
+                let unstored = ledger.unstored(id);
+                let mut s = lock(stats);
+                if s.unstored != unstored {
+                    s.unstored = unstored;
+                    s.dirty = true;
+                }
+            }
+            metrics
+                .ledger_bytes
+                .get_or_create(&labels)
+                .set((ledger.stored_bytes(&self.uid) + ledger.stored_bytes(&alerts_ledger)) as i64);
+            metrics
+                .ledger_unstored
+                .get_or_create(&labels)
+                .set((ledger.unstored(&self.uid) + ledger.unstored(&alerts_ledger)) as i64);
             if failures > 0 {
                 // The API server is away: retry with backoff, and say so once, not twice a second.
                 tokio::time::sleep(backoff(failures, Duration::from_secs(10), jitter())).await;

@@ -202,10 +202,135 @@ struct ShardQueue {
     writing: bool,
 }
 
-type Queues = Arc<Mutex<HashMap<(String, char), ShardQueue>>>;
+/// A ConfigMap of a ledger: its shard (a hex digit) and page (0, then spill pages 1..).
+type Place = (char, u8);
 
-fn lock_queues(q: &Queues) -> std::sync::MutexGuard<'_, HashMap<(String, char), ShardQueue>> {
+type Queues = Arc<Mutex<HashMap<(String, Place), ShardQueue>>>;
+
+fn lock_queues(q: &Queues) -> std::sync::MutexGuard<'_, HashMap<(String, Place), ShardQueue>> {
     q.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How much one ledger may hold: a ConfigMap is limited to 1 MiB, and a pending entry carries its
+/// event (up to 32 KiB shaped), so each shard spills into further pages before that limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Bytes of data one ConfigMap holds at most.
+    pub page_bytes: usize,
+    /// Pages per shard (16 shards per ledger).
+    pub pages: u8,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            page_bytes: 768 * 1024,
+            pages: 4,
+        }
+    }
+}
+
+/// Pure: the page for an entry of `size` bytes, given the bytes on each page of its shard and
+/// where it is now (page, size). It stays where it is while it fits, else takes the first page
+/// with room; None: every page is full.
+pub fn place(
+    pages: &[usize],
+    current: Option<(u8, usize)>,
+    size: usize,
+    limit: usize,
+) -> Option<u8> {
+    if let Some((page, old)) = current
+        && pages
+            .get(usize::from(page))
+            .is_some_and(|b| b.saturating_sub(old) + size <= limit)
+    {
+        return Some(page);
+    }
+    pages
+        .iter()
+        .position(|b| b + size <= limit)
+        .and_then(|p| u8::try_from(p).ok())
+}
+
+/// The bytes an entry takes in its ConfigMap.
+fn stored_size(key: &RolloutKey, value: &str) -> usize {
+    key.data_key().len() + value.len() + 8
+}
+
+/// Where each ledger's entries are stored and how full each page is.
+#[derive(Default)]
+struct Occupancy {
+    bytes: HashMap<(String, Place), usize>,
+    /// Entries stored on a page other than 0.
+    spilled: HashMap<(String, RolloutKey), u8>,
+    /// Pending entries no page had room for: they wait in memory only until there is.
+    unstored: HashMap<String, BTreeMap<RolloutKey, ()>>,
+}
+
+impl Occupancy {
+    fn page_of(&self, ledger: &str, key: &RolloutKey) -> u8 {
+        self.spilled
+            .get(&(ledger.to_string(), key.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Takes a stored entry off its page; returns the place it had.
+    fn remove(&mut self, ledger: &str, key: &RolloutKey, entry: &Entry) -> Place {
+        let page = self
+            .spilled
+            .remove(&(ledger.to_string(), key.clone()))
+            .unwrap_or(0);
+        let place = (key.shard(), page);
+        let size = stored_size(key, &serde_json::to_string(entry).unwrap_or_default());
+        if let Some(b) = self.bytes.get_mut(&(ledger.to_string(), place)) {
+            *b = b.saturating_sub(size);
+        }
+        place
+    }
+
+    fn add(&mut self, ledger: &str, key: &RolloutKey, page: u8, size: usize) {
+        *self
+            .bytes
+            .entry((ledger.to_string(), (key.shard(), page)))
+            .or_default() += size;
+        if page > 0 {
+            self.spilled.insert((ledger.to_string(), key.clone()), page);
+        }
+    }
+
+    fn pages(&self, ledger: &str, shard: char, n: u8) -> Vec<usize> {
+        (0..n)
+            .map(|p| {
+                self.bytes
+                    .get(&(ledger.to_string(), (shard, p)))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    fn forget(&mut self, ledger: &str) {
+        self.bytes.retain(|(l, _), _| l != ledger);
+        self.spilled.retain(|(l, _), _| l != ledger);
+        self.unstored.remove(ledger);
+    }
+}
+
+/// The ConfigMap name of a place of a ledger.
+fn configmap_name(ledger: &str, (shard, page): Place) -> String {
+    if page == 0 {
+        format!("{NAME_PREFIX}{ledger}-{shard}")
+    } else {
+        format!("{NAME_PREFIX}{ledger}-{shard}-p{page}")
+    }
+}
+
+/// The page a ConfigMap name stands for.
+fn page_of_name(name: &str) -> u8 {
+    name.rsplit_once("-p")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Annotation on every ledger ConfigMap: the leader term (the Lease's `leaseTransitions` when it
@@ -234,15 +359,24 @@ fn lock_fence(f: &SharedFence) -> std::sync::MutexGuard<'_, Fence> {
 /// to make, and a late one must never land over its state.
 fn deposed_share(data: &Data) -> Data {
     data.iter()
-        .filter(|(_, v)| {
-            let pending = v
-                .as_str()
-                .and_then(|s| serde_json::from_str::<Entry>(s).ok())
-                .is_some_and(|e| e.state == State::Pending);
-            !pending && !v.is_null()
-        })
+        .filter(|(_, v)| !is_pending(v) && !v.is_null())
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Whether a ConfigMap value holds a pending entry.
+fn is_pending(value: &serde_json::Value) -> bool {
+    value
+        .as_str()
+        .and_then(|s| serde_json::from_str::<Entry>(s).ok())
+        .is_some_and(|e| e.state == State::Pending)
+}
+
+/// What the ledger ConfigMaps hold, as read.
+struct Stored {
+    entries: HashMap<String, BTreeMap<RolloutKey, Entry>>,
+    versions: HashMap<String, String>,
+    occupancy: Occupancy,
 }
 
 /// The in-memory mirror of the persisted state, and its persistence.
@@ -251,6 +385,8 @@ pub struct Ledger {
     entries: Mutex<HashMap<String, BTreeMap<RolloutKey, Entry>>>,
     queues: Queues,
     fence: SharedFence,
+    occupancy: Mutex<Occupancy>,
+    capacity: Capacity,
     /// Counts failed writes (they are retried).
     write_errors: prometheus_client::metrics::counter::Counter,
 }
@@ -260,20 +396,49 @@ impl Ledger {
     pub async fn load(
         client: Client,
         namespace: &str,
+        capacity: Capacity,
         write_errors: prometheus_client::metrics::counter::Counter,
     ) -> Result<Self, kube::Error> {
         let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-        let (entries, versions) = Self::fetch(&api).await?;
+        let stored = Self::fetch(&api).await?;
         Ok(Ledger {
             api,
-            entries: Mutex::new(entries),
+            entries: Mutex::new(stored.entries),
             queues: Arc::default(),
             fence: Arc::new(Mutex::new(Fence {
-                versions,
+                versions: stored.versions,
                 ..Fence::default()
             })),
+            occupancy: Mutex::new(stored.occupancy),
+            capacity,
             write_errors,
         })
+    }
+
+    fn occupancy(&self) -> std::sync::MutexGuard<'_, Occupancy> {
+        self.occupancy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many pending entries of a ledger wait in memory only: its pages are full.
+    pub fn unstored(&self, ledger: &str) -> usize {
+        self.occupancy()
+            .unstored
+            .get(ledger)
+            .map_or(0, BTreeMap::len)
+    }
+
+    /// Bytes a ledger holds in its ConfigMaps.
+    pub fn stored_bytes(&self, ledger: &str) -> usize {
+        let occ = self.occupancy();
+        "0123456789abcdef"
+            .chars()
+            .flat_map(|shard| occ.pages(ledger, shard, self.capacity.pages))
+            .sum()
+    }
+
+    /// What a ledger may hold at most.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity.page_bytes * 16 * usize::from(self.capacity.pages)
     }
 
     /// This instance leads (or no longer does) in term `epoch`. While it does not, its writes
@@ -288,9 +453,10 @@ impl Ledger {
 
     /// Reads the persisted state again (a replica that just became leader: the old leader wrote it).
     pub async fn reload(&self) -> Result<(), kube::Error> {
-        let (entries, versions) = Self::fetch(&self.api).await?;
-        *self.lock() = entries;
-        lock_fence(&self.fence).versions = versions;
+        let stored = Self::fetch(&self.api).await?;
+        *self.lock() = stored.entries;
+        *self.occupancy() = stored.occupancy;
+        lock_fence(&self.fence).versions = stored.versions;
         Ok(())
     }
 
@@ -298,7 +464,7 @@ impl Ledger {
     /// leader's requests that were on the wire when it lost the lease, recorded after this
     /// instance read the ledger. Returns the keys per ledger, to drop from the queues.
     pub async fn catch_up(&self) -> Result<HashMap<String, Vec<RolloutKey>>, kube::Error> {
-        let (stored, _) = Self::fetch(&self.api).await?;
+        let stored = Self::fetch(&self.api).await?.entries;
         let mut done: HashMap<String, Vec<RolloutKey>> = HashMap::new();
         let mut guard = self.lock();
         for (pipeline, entries) in stored {
@@ -317,25 +483,18 @@ impl Ledger {
         Ok(done)
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn fetch(
-        api: &Api<ConfigMap>,
-    ) -> Result<
-        (
-            HashMap<String, BTreeMap<RolloutKey, Entry>>,
-            HashMap<String, String>,
-        ),
-        kube::Error,
-    > {
+    async fn fetch(api: &Api<ConfigMap>) -> Result<Stored, kube::Error> {
         let lp = ListParams::default().labels(&format!(
             "app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"
         ));
         let mut entries: HashMap<String, BTreeMap<RolloutKey, Entry>> = HashMap::new();
         let mut versions = HashMap::new();
+        let mut occupancy = Occupancy::default();
         for cm in api.list(&lp).await? {
             if let (Some(name), Some(rv)) = (&cm.metadata.name, &cm.metadata.resource_version) {
                 versions.insert(name.clone(), rv.clone());
             }
+            let page = page_of_name(cm.metadata.name.as_deref().unwrap_or_default());
             let Some(pipeline) = cm
                 .metadata
                 .labels
@@ -345,16 +504,21 @@ impl Ledger {
             else {
                 continue;
             };
-            let map = entries.entry(pipeline).or_default();
+            let map = entries.entry(pipeline.clone()).or_default();
             for (k, v) in cm.data.into_iter().flatten() {
                 if let (Some(key), Ok(entry)) =
                     (RolloutKey::parse(&k), serde_json::from_str::<Entry>(&v))
                 {
+                    occupancy.add(&pipeline, &key, page, stored_size(&key, &v));
                     map.insert(key, entry);
                 }
             }
         }
-        Ok((entries, versions))
+        Ok(Stored {
+            entries,
+            versions,
+            occupancy,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<RolloutKey, Entry>>> {
@@ -442,14 +606,15 @@ impl Ledger {
 
     /// Records `entries` (all of one pipeline) in memory at once and hands them to the shard
     /// writers; for sent ones, drops older entries of the same workload. A failed patch is retried
-    /// with backoff until it succeeds (newer writes to the same data key win).
+    /// with backoff until it succeeds (newer writes to the same data key win). A pending entry no
+    /// page has room for waits in memory only ([`Ledger::unstored`]) and is stored once there is.
     pub fn record(&self, pipeline: &str, entries: &[(RolloutKey, Entry)]) {
-        let mut shards: BTreeMap<char, Data> = BTreeMap::new();
+        let mut writes: BTreeMap<Place, Data> = BTreeMap::new();
         {
             let mut guard = self.lock();
+            let mut occ = self.occupancy();
             let map = guard.entry(pipeline.to_string()).or_default();
             for (key, entry) in entries {
-                let shard = shards.entry(key.shard()).or_default();
                 // Only a delivered entry stands for the workload's history: one ilert refused
                 // (Failed) must not drop the record of an alert that is still open.
                 if entry.state == State::Sent {
@@ -460,41 +625,127 @@ impl Ledger {
                         .cloned()
                         .collect();
                     for k in older {
-                        map.remove(&k);
-                        shard.insert(k.data_key(), serde_json::Value::Null);
+                        if let Some(old) = map.remove(&k) {
+                            let at = occ.remove(pipeline, &k, &old);
+                            writes
+                                .entry(at)
+                                .or_default()
+                                .insert(k.data_key(), serde_json::Value::Null);
+                        }
                     }
                 }
+                self.store(&mut occ, &mut writes, pipeline, map, key, entry);
                 map.insert(key.clone(), entry.clone());
-                shard.insert(
-                    key.data_key(),
-                    json!(serde_json::to_string(entry).unwrap_or_default()),
-                );
+            }
+            // Room made: what waited in memory only is stored now.
+            let waiting: Vec<RolloutKey> = occ
+                .unstored
+                .get(pipeline)
+                .map(|u| u.keys().cloned().collect())
+                .unwrap_or_default();
+            for key in waiting {
+                match map.get(&key).cloned() {
+                    Some(entry) if entry.state == State::Pending => {
+                        self.store(&mut occ, &mut writes, pipeline, map, &key, &entry);
+                    }
+                    _ => {
+                        if let Some(u) = occ.unstored.get_mut(pipeline) {
+                            u.remove(&key);
+                        }
+                    }
+                }
             }
         }
-        self.enqueue(pipeline, shards)
+        self.enqueue(pipeline, writes)
     }
 
-    fn enqueue(&self, pipeline: &str, shards: BTreeMap<char, Data>) {
+    /// Places one entry on a page of its shard (moving it if it no longer fits where it is) and
+    /// adds the write; a pending entry without room is left unstored.
+    fn store(
+        &self,
+        occ: &mut Occupancy,
+        writes: &mut BTreeMap<Place, Data>,
+        ledger: &str,
+        map: &BTreeMap<RolloutKey, Entry>,
+        key: &RolloutKey,
+        entry: &Entry,
+    ) {
+        let value = serde_json::to_string(entry).unwrap_or_default();
+        let size = stored_size(key, &value);
+        let unstored = occ
+            .unstored
+            .get(ledger)
+            .is_some_and(|u| u.contains_key(key));
+        let current = map.get(key).filter(|_| !unstored).map(|old| {
+            let old_size = stored_size(key, &serde_json::to_string(old).unwrap_or_default());
+            (occ.page_of(ledger, key), old_size)
+        });
+        let pages = occ.pages(ledger, key.shard(), self.capacity.pages);
+        // What is not pending is small and must be stored: past the limit if need be.
+        let page = place(&pages, current, size, self.capacity.page_bytes)
+            .or_else(|| (entry.state != State::Pending).then(|| current.map_or(0, |(p, _)| p)));
+        let Some(page) = page else {
+            // An older copy must not stay behind to be read back in its place.
+            if current.is_some()
+                && let Some(old) = map.get(key)
+            {
+                let was = occ.remove(ledger, key, old);
+                writes
+                    .entry(was)
+                    .or_default()
+                    .insert(key.data_key(), serde_json::Value::Null);
+            }
+            occ.unstored
+                .entry(ledger.to_string())
+                .or_default()
+                .insert(key.clone(), ());
+            return;
+        };
+        if current.is_some()
+            && let Some(old) = map.get(key)
+        {
+            let was = occ.remove(ledger, key, old);
+            if was.1 != page {
+                writes
+                    .entry(was)
+                    .or_default()
+                    .insert(key.data_key(), serde_json::Value::Null);
+            }
+        }
+        if let Some(u) = occ.unstored.get_mut(ledger) {
+            u.remove(key);
+            if u.is_empty() {
+                occ.unstored.remove(ledger);
+            }
+        }
+        occ.add(ledger, key, page, size);
+        writes
+            .entry((key.shard(), page))
+            .or_default()
+            .insert(key.data_key(), json!(value));
+    }
+
+    fn enqueue(&self, pipeline: &str, writes: BTreeMap<Place, Data>) {
         let mut start = Vec::new();
         {
             let mut queues = lock_queues(&self.queues);
-            for (shard, data) in shards {
-                let q = queues.entry((pipeline.to_string(), shard)).or_default();
+            for (place, data) in writes {
+                let q = queues.entry((pipeline.to_string(), place)).or_default();
                 q.data.extend(data);
                 if !q.writing {
                     q.writing = true;
-                    start.push(shard);
+                    start.push(place);
                 }
             }
         }
-        for shard in start {
+        for place in start {
             tokio::spawn(write_shard(
                 self.api.clone(),
                 self.queues.clone(),
                 self.fence.clone(),
                 self.write_errors.clone(),
                 pipeline.to_string(),
-                shard,
+                place,
             ));
         }
     }
@@ -509,31 +760,39 @@ impl Ledger {
 
     /// Drops sent and failed entries of workloads that no longer exist.
     pub fn prune(&self, pipeline: &str, alive: &dyn Fn(&str) -> bool) -> usize {
-        let mut shards: BTreeMap<char, Data> = BTreeMap::new();
+        let mut writes: BTreeMap<Place, Data> = BTreeMap::new();
         {
             let mut guard = self.lock();
+            let mut occ = self.occupancy();
             let Some(map) = guard.get_mut(pipeline) else {
                 return 0;
             };
             map.retain(|k, e| {
                 let keep = e.state == State::Pending || alive(&k.workload_uid);
                 if !keep {
-                    shards
-                        .entry(k.shard())
+                    let at = occ.remove(pipeline, k, e);
+                    writes
+                        .entry(at)
                         .or_default()
                         .insert(k.data_key(), serde_json::Value::Null);
                 }
                 keep
             });
         }
-        let n = shards.values().map(serde_json::Map::len).sum();
-        self.enqueue(pipeline, shards);
+        let n = writes.values().map(serde_json::Map::len).sum();
+        self.enqueue(pipeline, writes);
         n
+    }
+
+    /// A workload was deleted: its delivered entries go at once, without waiting for a re-list.
+    pub fn forget_workload(&self, pipeline: &str, workload_uid: &str) -> usize {
+        self.prune(pipeline, &|w| w != workload_uid)
     }
 
     /// Deletes every ConfigMap of a pipeline that is gone.
     pub async fn forget_pipeline(&self, pipeline: &str) -> Result<(), kube::Error> {
         self.lock().remove(pipeline);
+        self.occupancy().forget(pipeline);
         // Writes still waiting would create the ConfigMaps again.
         for ((p, _), q) in lock_queues(&self.queues).iter_mut() {
             if p == pipeline {
@@ -562,9 +821,9 @@ async fn write_shard(
     fence: SharedFence,
     errors: prometheus_client::metrics::counter::Counter,
     pipeline: String,
-    shard: char,
+    place: Place,
 ) {
-    let id = (pipeline.clone(), shard);
+    let id = (pipeline.clone(), place);
     let mut attempt = 0;
     loop {
         let data = {
@@ -576,7 +835,7 @@ async fn write_shard(
             }
             std::mem::take(&mut q.data)
         };
-        match patch_shard(&api, &fence, &pipeline, shard, data.clone()).await {
+        match patch_shard(&api, &fence, &pipeline, place, data.clone()).await {
             Ok(()) => attempt = 0,
             Err(e) => {
                 attempt += 1;
@@ -607,10 +866,10 @@ async fn patch_shard(
     api: &Api<ConfigMap>,
     fence: &SharedFence,
     pipeline: &str,
-    shard: char,
+    place: Place,
     mut data: Data,
 ) -> Result<(), kube::Error> {
-    let name = format!("{NAME_PREFIX}{pipeline}-{shard}");
+    let name = configmap_name(pipeline, place);
     let mut deposed = false;
     {
         let f = lock_fence(fence);
@@ -653,6 +912,15 @@ async fn patch_shard(
             // Gone (a pipeline forgotten and back, deleted by hand): create it again.
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 lock_fence(fence).versions.remove(&name);
+            }
+            // Too large for one object after all: what ilert answered must still get out, and
+            // must not wait behind pending events that cannot be stored.
+            Err(kube::Error::Api(s)) if (s.code == 422 || s.code == 413) && !deposed => {
+                tracing::error!(ledger = %name, error = %s.message, "the delivery state does not fit its ConfigMap: pending events of this write stay in memory only");
+                data.retain(|_, v| !is_pending(v));
+                if data.is_empty() {
+                    return Ok(());
+                }
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let current = api.get(&name).await?;
@@ -763,6 +1031,50 @@ mod tests {
             decide([&key("b", 9, Outcome::Completed)], &r1, old(before)),
             Decision::Baseline
         );
+    }
+
+    #[test]
+    fn entries_spill_to_the_next_page_before_a_configmap_is_full() {
+        let limit = 1000;
+        // Stays where it is while it fits.
+        assert_eq!(place(&[900, 0], Some((0, 400)), 450, limit), Some(0));
+        // Grown past its page: the first page with room.
+        assert_eq!(place(&[900, 0], Some((0, 100)), 300, limit), Some(1));
+        assert_eq!(place(&[950, 200], None, 100, limit), Some(1));
+        assert_eq!(place(&[0, 0], None, 100, limit), Some(0));
+        // Every page full: none.
+        assert_eq!(place(&[950, 990], None, 100, limit), None);
+        assert_eq!(configmap_name("u", ('a', 0)), "ilert-ledger-u-a");
+        assert_eq!(
+            configmap_name("u-alerts", ('a', 2)),
+            "ilert-ledger-u-alerts-a-p2"
+        );
+        assert_eq!(page_of_name("ilert-ledger-u-alerts-a-p2"), 2);
+        assert_eq!(page_of_name("ilert-ledger-0f3e-7b1c-alerts-a"), 0);
+        assert_eq!(page_of_name("ilert-ledger-0f3e-7b1c-a"), 0);
+    }
+
+    #[test]
+    fn a_deposed_leader_writes_only_what_ilert_answered() {
+        let entry = |state| Entry {
+            state,
+            workload: "Deployment/shop/web".into(),
+            event: None,
+            reported_outcome: None,
+            test: None,
+            alert: None,
+        };
+        let value = |e: &Entry| json!(serde_json::to_string(e).unwrap());
+        let data: Data = [
+            ("a.1.Completed".to_string(), value(&entry(State::Pending))),
+            ("b.1.Completed".to_string(), value(&entry(State::Sent))),
+            ("c.1.Completed".to_string(), value(&entry(State::Failed))),
+            ("d.1.Completed".to_string(), serde_json::Value::Null),
+        ]
+        .into_iter()
+        .collect();
+        let kept: Vec<String> = deposed_share(&data).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kept, ["b.1.Completed", "c.1.Completed"]);
     }
 
     #[test]

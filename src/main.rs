@@ -95,6 +95,14 @@ struct RunArgs {
     /// Seconds before expiry at which the leader renews the lease.
     #[arg(long, env = "LEASE_GRACE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     lease_grace_seconds: u64,
+    /// KiB of delivery state one ledger ConfigMap holds before the shard spills into the next
+    /// (the API server refuses objects past 1 MiB).
+    #[arg(long, env = "LEDGER_PAGE_KIB", default_value_t = 768, value_parser = clap::value_parser!(u64).range(1..=900))]
+    ledger_page_kib: u64,
+    /// ConfigMaps per ledger shard (16 shards per pipeline): with the page size, what a pipeline's
+    /// pending events may take before the ledger is full.
+    #[arg(long, env = "LEDGER_PAGES", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    ledger_pages: u8,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -180,6 +188,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
         ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),
         lease: args.leader_elect.then(|| args.lease_name.clone()),
+        ledger_capacity: ilert_rollout_controller::ledger::Capacity {
+            page_bytes: args.ledger_page_kib as usize * 1024,
+            pages: args.ledger_pages,
+        },
         instance: std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
     };

@@ -85,6 +85,10 @@ pub struct Metrics {
     pub send_duration: Histogram,
     pub delivery_delay: Histogram,
     pub pending: Family<PipelineLabels, Gauge>,
+    /// Bytes of delivery state a pipeline keeps in its ConfigMaps.
+    pub ledger_bytes: Family<PipelineLabels, Gauge>,
+    /// Pending events the full ledger could not store: they wait in memory only.
+    pub ledger_unstored: Family<PipelineLabels, Gauge>,
     pub rate_limit_waits: Counter,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -126,6 +130,18 @@ impl Default for Metrics {
             "pending_events",
             "Rollouts waiting to be sent, per pipeline",
             pending.clone(),
+        );
+        let ledger_bytes = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "ledger_bytes",
+            "Bytes of delivery state a pipeline keeps in its ConfigMaps",
+            ledger_bytes.clone(),
+        );
+        let ledger_unstored = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "ledger_unstored_events",
+            "Pending events a full ledger could not store; they wait in memory only",
+            ledger_unstored.clone(),
         );
         let rate_limit_waits = Counter::default();
         registry.register(
@@ -177,6 +193,8 @@ impl Default for Metrics {
             send_duration,
             delivery_delay,
             pending,
+            ledger_bytes,
+            ledger_unstored,
             rate_limit_waits,
             reconciles,
             reconcile_errors,
