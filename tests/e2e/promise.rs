@@ -416,3 +416,212 @@ async fn instances_split_by_pipeline_selector_never_repeat_or_forget_each_other(
         "team-a's ledger is gone"
     );
 }
+
+/// Pending entries in the ledger ConfigMaps of `ns`, and the largest ConfigMap's data in bytes.
+async fn stored_pending(client: &Client, ns: &str) -> (usize, usize, usize) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let maps: Vec<ConfigMap> = api
+        .list(&Default::default())
+        .await
+        .expect("configmaps")
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("ilert-ledger-")
+        })
+        .collect();
+    let pending = maps
+        .iter()
+        .flat_map(|c| c.data.iter().flatten())
+        .filter(|(_, v)| v.contains("\"s\":\"Pending\""))
+        .count();
+    let largest = maps
+        .iter()
+        .map(|c| {
+            c.data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+    (pending, largest, maps.len())
+}
+
+/// A pipeline whose events are shaped to about 30 KiB each, suspended.
+fn big_events_suspended() -> Value {
+    let detail = "{% for i in range(600) %}{{ workload.name }}{% endfor %}";
+    let details: serde_json::Map<String, Value> =
+        (0..7).map(|i| (format!("d{i}"), json!(detail))).collect();
+    json!({
+        "integrationKeySecretRef": {"name": "ilert"},
+        "suspend": true,
+        "template": {"customDetails": details}
+    })
+}
+
+async fn unsuspend(w: &World) {
+    w.pipelines
+        .patch(
+            PIPELINE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .expect("unsuspend");
+}
+
+async fn wait_all_named(w: &World, names: &[String]) -> Tally {
+    eventually(
+        Duration::from_secs(240),
+        &format!("all {} rollouts named", names.len()),
+        || async {
+            let t = Tally::of(&w.ilert.received());
+            names.iter().all(|n| t.has(&w.ns.name, n, "1")).then_some(t)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn pending_events_past_one_configmap_are_all_kept_and_a_full_ledger_says_so() {
+    // 600 events of ~30 KiB while suspended: ~18 MB, more than 1 MiB in every shard.
+    let mut w = World::new(
+        "ledgerpages",
+        true,
+        Some(big_events_suspended()),
+        &["--rate-limit-per-minute", "1000"],
+    )
+    .await;
+    let names: Vec<String> = (0..600).map(|i| format!("big-{i:03}")).collect();
+    for n in &names {
+        apply(&w.deployments, n, &deployment(n, "nginx:1.25", 0)).await;
+    }
+    let (pending, largest, maps) = eventually(
+        Duration::from_secs(180),
+        "600 pending events in the ledger",
+        || async {
+            let s = stored_pending(&w.client, &w.ns.name).await;
+            (s.0 == names.len()).then_some(s)
+        },
+    )
+    .await;
+    eprintln!(
+        "ledger while suspended: {pending} pending events in {maps} ConfigMaps, the largest holding {largest} bytes"
+    );
+    assert!(largest < 1024 * 1024, "a ConfigMap of {largest} bytes");
+    // A restart while they wait loses none of them.
+    w.controller.restart();
+    w.controller.wait_ready().await;
+    unsuspend(&w).await;
+    let tally = wait_all_named(&w, &names).await;
+    assert!(tally.duplicates().is_empty(), "{:?}", tally.duplicates());
+    w.ilert.assert_schema_valid();
+
+    // A ledger too small for what waits: Ready says so, the metric counts them, none is lost.
+    let mut small = World::new(
+        "ledgerfull",
+        true,
+        Some(big_events_suspended()),
+        &[
+            "--rate-limit-per-minute",
+            "1000",
+            "--ledger-page-kib",
+            "40",
+            "--ledger-pages",
+            "1",
+        ],
+    )
+    .await;
+    let names: Vec<String> = (0..60).map(|i| format!("full-{i:02}")).collect();
+    for n in &names {
+        apply(&small.deployments, n, &deployment(n, "nginx:1.25", 0)).await;
+    }
+    let message = eventually(
+        Duration::from_secs(90),
+        "the full ledger in Ready",
+        || async {
+            let p = small.pipeline().await.status?;
+            let c = p.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (c.status == "False" && c.message.contains("delivery state is full"))
+                .then(|| c.message.clone())
+        },
+    )
+    .await;
+    eprintln!("Ready with a full ledger: {message}");
+    let metrics = parse_metrics(
+        &get(&format!("{}/metrics", small.controller.ops_url()))
+            .await
+            .2,
+    );
+    let unstored = metrics
+        .iter()
+        .find(|(k, _)| k.starts_with("ilert_rollout_ledger_unstored_events"))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    assert!(unstored > 0.0, "{metrics:?}");
+    unsuspend(&small).await;
+    let tally = wait_all_named(&small, &names).await;
+    assert!(tally.duplicates().is_empty(), "{:?}", tally.duplicates());
+    small.wait_ready_condition("True", "Ready").await;
+    small.controller.kill();
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_mid_request_records_it_and_is_never_repeated() {
+    let args = ["--rate-limit-per-minute", "1000"];
+    let w = World::new("leaselost", true, None, &args).await;
+    let mut b = Controller::start_named(&w.ns.name, &w.ilert, &args, "b");
+    b.wait_ready().await;
+    let first = eventually(Duration::from_secs(20), "a leader", || async {
+        leader_of(&[&w.controller, &b]).await
+    })
+    .await;
+    let (leader, standby) = if first == 0 {
+        (&w.controller, &b)
+    } else {
+        (&b, &w.controller)
+    };
+    // ilert answers after 2 s: requests are on the wire when the leader stops.
+    w.ilert.set_delay(Duration::from_secs(2));
+    let names: Vec<String> = (0..8).map(|i| format!("web-{i}")).collect();
+    for n in &names {
+        apply(&w.deployments, n, &deployment(n, "nginx:1.25", 1)).await;
+    }
+    for n in &names {
+        wait_revision_complete(&w.deployments, n, "1").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Frozen (a long GC pause, a node under pressure): the lease expires and the standby takes
+    // over while the frozen leader's requests are answered.
+    let pid = leader.pid().expect("leader pid").to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+    };
+    signal("-STOP");
+    eventually(Duration::from_secs(15), "the standby leads", || async {
+        leader_of(&[standby]).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal("-CONT");
+    wait_all_named(&w, &names).await;
+    // Past the standby's catch-up: whatever it inherited would have gone out by now.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let t = Tally::of(&w.ilert.received());
+    assert_eq!(t.copies.len(), names.len());
+    assert!(
+        t.duplicates().is_empty(),
+        "repeated after the lease was lost: {:?}",
+        t.duplicates()
+    );
+    w.ilert.assert_schema_valid();
+}
