@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
-use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times, seen_mid_rollout};
+use crate::ledger::{Decision, Entry, Ledger, RolloutKey, Sight, State, Times, Verdict, judge};
 use crate::metrics::{Metrics, PipelineLabels};
 use crate::pacing::{Budget, Plan, backoff, retry_after};
 use crate::pipeline::{
@@ -1439,20 +1439,27 @@ impl Brain {
             return;
         }
         let ledger = &self.shared.ledger;
-        let Some(finished) = w.finished() else {
+        let sight = Sight {
+            workload_uid,
+            finished: w.finished(),
+            workload_created: w.created_at,
+            pipeline_created: h.created,
+        };
+        let verdict = ledger.with_workload(pipeline_uid, workload_uid, |known| {
+            judge(known.map(|(k, _)| k), &sight)
+        });
+        let report = match verdict {
+            Verdict::Report(_) => true,
+            Verdict::Remember(key) => {
+                debug!(workload = %w.reference(), revision = key.revision, "seen, not reported: the first-sight baseline or a rollout under way");
+                ledger.record(pipeline_uid, &[(key, remembered(w))]);
+                false
+            }
+            Verdict::Nothing => false,
+        };
+        let Some(finished) = sight.finished else {
             if w.progress() == Progress::InProgress {
                 h.warm.notify_one();
-            }
-            // A StatefulSet or DaemonSet older than the pipeline, first seen mid-rollout: its
-            // status will give no finish time to tell its end from the baseline, so remember it.
-            if w.kind != Kind::Deployment
-                && w.created_at.is_some_and(|c| c < h.created)
-                && ledger.with_workload(pipeline_uid, workload_uid, |e| e.next().is_none())
-            {
-                ledger.record(
-                    pipeline_uid,
-                    &[(seen_mid_rollout(workload_uid), remembered(w))],
-                );
             }
             return;
         };
@@ -1461,19 +1468,6 @@ impl Brain {
             finished: finished.finished_at,
             workload_created: w.created_at,
             pipeline_created: h.created,
-        };
-        let report = match ledger.decide(pipeline_uid, &key, times) {
-            Decision::Report => true,
-            Decision::Known | Decision::Superseded => false,
-            Decision::Baseline => {
-                debug!(workload = %w.reference(), revision = finished.revision, "finished before the pipeline existed: baseline, not reported");
-                // Without a finish time in the status, only the record tells a later rollout
-                // (say, one that ends while the controller is down) from this baseline.
-                if times.finished.is_none() {
-                    ledger.record(pipeline_uid, &[(key.clone(), remembered(w))]);
-                }
-                false
-            }
         };
         // Alerts decide on their own ledger: a crash between the two claims loses neither.
         let alerts_ledger = alerts::ledger_id(pipeline_uid);

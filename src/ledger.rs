@@ -191,6 +191,58 @@ pub fn decide<'a>(
     }
 }
 
+/// One sight of a workload's current state, as a pipeline sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Sight<'a> {
+    pub workload_uid: &'a str,
+    /// The finished rollout the object shows; None while it rolls out (or is held).
+    pub finished: Option<Finished>,
+    pub workload_created: Option<Timestamp>,
+    pub pipeline_created: Timestamp,
+}
+
+/// What a pipeline does with one sight of a workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Report this rollout: claim it pending.
+    Report(RolloutKey),
+    /// Record this key as seen but not reported: the first sight of a workload older than the
+    /// pipeline, finished (the baseline) or (revision 0) mid-rollout. Later sights, after a
+    /// restart as well, are decided against this record, never against write times.
+    Remember(RolloutKey),
+    /// Known, superseded, or still rolling out.
+    Nothing,
+}
+
+/// Pure: the verdict for one sight, given the keys the pipeline's ledger holds for the workload.
+pub fn judge<'a>(known: impl IntoIterator<Item = &'a RolloutKey>, sight: &Sight) -> Verdict {
+    let known: Vec<&RolloutKey> = known
+        .into_iter()
+        .filter(|k| k.workload_uid == sight.workload_uid)
+        .collect();
+    let older_workload = sight
+        .workload_created
+        .is_some_and(|c| c < sight.pipeline_created);
+    let Some(finished) = sight.finished else {
+        return if older_workload && known.is_empty() {
+            Verdict::Remember(seen_mid_rollout(sight.workload_uid))
+        } else {
+            Verdict::Nothing
+        };
+    };
+    let key = RolloutKey::new(sight.workload_uid, &finished);
+    let times = Times {
+        finished: finished.finished_at,
+        workload_created: sight.workload_created,
+        pipeline_created: sight.pipeline_created,
+    };
+    match decide(known, &key, times) {
+        Decision::Report => Verdict::Report(key),
+        Decision::Baseline => Verdict::Remember(key),
+        Decision::Known | Decision::Superseded => Verdict::Nothing,
+    }
+}
+
 type Data = serde_json::Map<String, serde_json::Value>;
 
 /// Writes waiting for one shard (pipeline uid, shard digit): while one patch is on the wire, later
