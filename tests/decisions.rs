@@ -253,8 +253,8 @@ struct Controller {
     pipeline_created: Option<i64>,
     ledger: BTreeMap<RolloutKey, Stored>,
     accepted: Vec<RolloutKey>,
-    /// Revisions seen finished while serving the pipeline, with their outcome as seen.
-    seen_finished: BTreeMap<u64, Outcome>,
+    /// Revisions seen finished while serving the pipeline.
+    seen_finished: BTreeSet<u64>,
     /// The first sight: the revision and whether it was finished.
     first_sight: Option<(u64, bool)>,
 }
@@ -270,7 +270,7 @@ impl Controller {
             self.first_sight = Some((cluster.revision, finished.is_some()));
         }
         if let Some(f) = finished {
-            self.seen_finished.entry(f.revision).or_insert(f.outcome);
+            self.seen_finished.insert(f.revision);
         }
         let sight = Sight {
             workload_uid: &w.uid,
@@ -316,7 +316,7 @@ fn run(kind: Kind, ops: &[Op]) -> Result<(), TestCaseError> {
         pipeline_created: None,
         ledger: BTreeMap::new(),
         accepted: Vec::new(),
-        seen_finished: BTreeMap::new(),
+        seen_finished: BTreeSet::new(),
         first_sight: None,
     };
     for op in ops {
@@ -375,7 +375,7 @@ fn run(kind: Kind, ops: &[Op]) -> Result<(), TestCaseError> {
         );
     }
     let created = c.pipeline_created.unwrap_or(0);
-    for (revision, _) in &c.seen_finished {
+    for revision in &c.seen_finished {
         // The baseline: finished at first sight and, where the status gives a finish time,
         // finished before the pipeline existed.
         let stamped_after = kind == Kind::Deployment
