@@ -30,7 +30,7 @@ use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
 use crate::ledger::{Decision, Entry, Ledger, RolloutKey, State, Times};
 use crate::metrics::{Metrics, PipelineLabels};
-use crate::pacing::{Budget, Plan, backoff, retry_after};
+use crate::pacing::{Budget, Plan, backoff, later, retry_wait};
 use crate::pipeline::{
     AlertPriority, AlertsSpec, IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent,
     SecretKeyRef, TestEventStatus,
@@ -1957,11 +1957,12 @@ impl Sender {
                 self.delivered(batch).await;
                 self.set_problem(None).await;
             }
-            Err(SendError::RateLimited { retry_after: ra }) => {
-                let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
-                info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
+            Err(SendError::RateLimited { retry_after }) => {
+                // However long ilert asks for, never longer than --retry-max-seconds.
+                let wait = retry_wait(retry_after, self.shared.cfg.retry_cap, jitter());
+                info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), asked_seconds = retry_after.map(|d| d.as_secs()), "ilert rate limit reached; waiting");
                 self.shared.metrics.rate_limit_waits.inc();
-                self.budget(&key, |b| b.exhausted_until(Instant::now() + wait));
+                self.budget(&key, |b| b.exhausted_until(later(Instant::now(), wait)));
             }
             Err(SendError::Unavailable(msg)) => {
                 let now = Instant::now();
@@ -1972,7 +1973,7 @@ impl Sender {
                 d.failures += 1;
                 let wait = backoff(d.failures, self.shared.cfg.retry_cap, jitter());
                 warn!(pipeline = %self.name(), attempt = d.failures, retry_in_seconds = wait.as_secs_f32(), error = %msg, "ilert unavailable; retrying");
-                d.resume_at = Some(now + wait);
+                d.resume_at = Some(later(now, wait));
                 if d.failures >= 3 {
                     self.set_problem(Some(Problem {
                         reason: "IlertUnavailable",

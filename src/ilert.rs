@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use serde_json::Value;
 
 /// An integration key. Its Debug and Display never show it.
@@ -36,7 +37,8 @@ impl fmt::Debug for IntegrationKey {
 /// Why a send did not succeed, and what to do about it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SendError {
-    /// 429: ilert's per-key budget is spent.
+    /// 429: ilert's per-key budget is spent. `retry_after` is what ilert asked for, uncapped:
+    /// the sender caps it (`pacing::retry_wait`).
     #[error("ilert rate limit reached (429){}", .retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
     /// Network errors, time-outs, 5xx: try again later.
@@ -120,41 +122,64 @@ impl IlertClient {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(reqwest::header::RETRY_AFTER);
         let text = response.text().await.unwrap_or_default();
         Err(classify(
-            status.as_u16(),
-            retry_after.as_deref(),
-            &text,
+            &Answer {
+                status: status.as_u16(),
+                retry_after: retry_after.as_deref(),
+                body: &text,
+            },
             key,
+            Timestamp::now(),
         ))
     }
 }
 
+/// What ilert answered, as much of it as the controller reads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Answer<'a> {
+    pub status: u16,
+    pub retry_after: Option<&'a str>,
+    pub body: &'a str,
+}
+
 /// Maps an HTTP answer to what the controller does next (ilert's guidance: retry network errors,
-/// 5xx and 429; 400/401/403/404 are permanent).
-pub fn classify(
-    status: u16,
-    retry_after: Option<&str>,
-    body: &str,
-    key: &IntegrationKey,
-) -> SendError {
+/// 5xx and 429; 400/401/403/404 are permanent). `now` dates a `Retry-After` given as an HTTP date.
+pub fn classify(answer: &Answer<'_>, key: &IntegrationKey, now: Timestamp) -> SendError {
+    let status = answer.status;
     // Redacted before the message is cut: a key across the cut must not leave a prefix behind.
-    let message = error_message(&key.redact(body));
+    let message = error_message(&key.redact(answer.body));
     match status {
         429 => SendError::RateLimited {
-            retry_after: retry_after
-                .and_then(|h| h.trim().parse().ok())
-                .map(Duration::from_secs),
+            retry_after: answer.retry_after.and_then(|h| parse_retry_after(h, now)),
         },
         401 | 403 | 404 => SendError::KeyRejected { status, message },
         408 | 500..=599 => SendError::Unavailable(format!("ilert answered {status}: {message}")),
         _ => SendError::EventRejected { status, message },
     }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110), relative to `now`; None when it is
+/// neither. Seconds past what fits are as long as can be (the caller caps every wait); a date in
+/// the past means now.
+pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") is an RFC 2822 date.
+    static DATES: jiff::fmt::rfc2822::DateTimeParser = jiff::fmt::rfc2822::DateTimeParser::new();
+    let at = DATES.parse_timestamp(value).ok()?;
+    let wait = now.duration_until(at);
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
 }
 
 /// ilert's error bodies are `{status, message, code}`; fall back to the first 200 characters.
@@ -202,35 +227,78 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    fn answer(status: u16, body: &str) -> Answer<'_> {
+        Answer {
+            status,
+            body,
+            ..Answer::default()
+        }
+    }
+
+    fn now() -> Timestamp {
+        "2026-03-01T12:00:00Z".parse().unwrap()
+    }
+
     #[test]
     fn classifies_answers_as_ilert_documents_them() {
         let key = IntegrationKey::new("ilapi-secret");
         let body = r#"{"status":401,"message":"Invalid key ilapi-secret","code":"INVALID_KEY"}"#;
-        match classify(401, None, body, &key) {
+        match classify(&answer(401, body), &key, now()) {
             SendError::KeyRejected { status, message } => {
                 assert_eq!(status, 401);
                 assert_eq!(message, "Invalid key [redacted] (INVALID_KEY)");
             }
             other => panic!("{other:?}"),
         }
+        let limited = Answer {
+            retry_after: Some("17"),
+            ..answer(429, "")
+        };
         assert_eq!(
-            classify(429, Some("17"), "", &key),
+            classify(&limited, &key, now()),
             SendError::RateLimited {
                 retry_after: Some(Duration::from_secs(17))
             }
         );
         assert!(matches!(
-            classify(503, None, "", &key),
+            classify(&answer(503, ""), &key, now()),
             SendError::Unavailable(_)
         ));
         assert!(matches!(
-            classify(400, None, "bad", &key),
+            classify(&answer(400, "bad"), &key, now()),
             SendError::EventRejected { status: 400, .. }
         ));
         assert!(matches!(
-            classify(404, None, "", &key),
+            classify(&answer(404, ""), &key, now()),
             SendError::KeyRejected { status: 404, .. }
         ));
         assert_eq!(format!("{key:?}"), "IntegrationKey([redacted])");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_and_nothing_else() {
+        let secs = |s| Some(Duration::from_secs(s));
+        let cases = [
+            ("17", secs(17)),
+            (" 86400 ", secs(86400)),
+            ("0", secs(0)),
+            ("18446744073709551615", secs(u64::MAX)),
+            // Past u64: as long as can be, which the sender caps.
+            ("99999999999999999999999", secs(u64::MAX)),
+            ("Sun, 01 Mar 2026 12:00:30 GMT", secs(30)),
+            ("Sun, 01 Mar 2026 13:00:00 GMT", secs(3600)),
+            // A date in the past: now.
+            ("Sun, 06 Nov 1994 08:49:37 GMT", secs(0)),
+            ("Sun, 01 Mar 2026 11:59:59 GMT", secs(0)),
+            ("", None),
+            ("-5", None),
+            ("+5", None),
+            ("1.5", None),
+            ("soon", None),
+            ("Sun, 99 Mar 2026 12:00:30 GMT", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_retry_after(value, now()), want, "{value:?}");
+        }
     }
 }

@@ -269,8 +269,36 @@ pub async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, val
 pub enum Reply {
     Accept,
     Status(u16, Value),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Hang(Duration),
+    /// 429 with this `Retry-After` value, whatever it is.
+    RetryAfter {
+        raw: String,
+    },
+}
+
+impl Reply {
+    /// The status this reply answers with (0: none yet, a hang).
+    fn status(&self) -> u16 {
+        match self {
+            Reply::Accept => 202,
+            Reply::Status(s, _) => *s,
+            Reply::RateLimited { .. } | Reply::RetryAfter { .. } => 429,
+            Reply::Hang(_) => 0,
+        }
+    }
+
+    /// The answer of the replies both APIs give alike; None for the others.
+    fn hostile(self) -> Option<Response> {
+        Some(match self {
+            Reply::RetryAfter { raw } => {
+                (StatusCode::TOO_MANY_REQUESTS, [("retry-after", raw)]).into_response()
+            }
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -464,9 +492,8 @@ async fn receive_alert(State(fake): State<FakeIlert>, body: String) -> Response 
         st.alert_script.pop_front().unwrap_or(Reply::Accept)
     };
     let status = match &reply {
-        Reply::Accept | Reply::Hang(_) => 202,
-        Reply::Status(s, _) => *s,
-        Reply::RateLimited { .. } => 429,
+        Reply::Hang(_) => 202,
+        other => other.status(),
     };
     fake.state.lock().unwrap().alerts.push(Received {
         body: parsed,
@@ -483,6 +510,7 @@ async fn receive_alert(State(fake): State<FakeIlert>, body: String) -> Response 
         )
             .into_response(),
         Reply::Accept | Reply::Hang(_) => StatusCode::ACCEPTED.into_response(),
+        other => other.hostile().expect("a reply both APIs give alike"),
     }
 }
 
@@ -498,12 +526,7 @@ async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: Strin
     if matches!(reply, Reply::Accept) && !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = match &reply {
-        Reply::Accept => 202,
-        Reply::Status(s, _) => *s,
-        Reply::RateLimited { .. } => 429,
-        Reply::Hang(_) => 0,
-    };
+    let status = reply.status();
     fake.state.lock().unwrap().received.push(Received {
         body: parsed,
         at: Instant::now(),
@@ -526,6 +549,7 @@ async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: Strin
             tokio::time::sleep(d).await;
             StatusCode::ACCEPTED.into_response()
         }
+        other => other.hostile().expect("a reply both APIs give alike"),
     }
 }
 

@@ -1,0 +1,92 @@
+//! ilert's answers are untrusted input: no Retry-After holds events back past
+//! --retry-max-seconds or stops the controller.
+
+use std::time::Duration;
+
+use crate::support::*;
+use crate::*;
+
+/// Waits until ilert has been asked at least `n` times (answered or not).
+async fn wait_requests(ilert: &FakeIlert, n: usize) {
+    eventually(EVENT_WAIT, &format!("{n} requests to ilert"), || async {
+        (ilert.received().len() >= n).then_some(())
+    })
+    .await;
+}
+
+/// /healthz answers ok and the process runs.
+async fn assert_alive(w: &mut World) {
+    assert!(
+        w.controller.exited().is_none(),
+        "the controller exited; its log:\n{}",
+        w.controller.logs()
+    );
+    let (status, _, body) = get(&format!("{}/healthz", w.controller.ops_url())).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+/// A 429 with `Retry-After: raw`, under `--retry-max-seconds 5`: how long until the event is
+/// delivered after the 429, with the controller alive and the event sent once.
+async fn delivered_after_429(prefix: &str, raw: impl Fn() -> String, within: Duration) {
+    let mut w = World::new(prefix, true, None, &["--retry-max-seconds", "5"]).await;
+    let raw = raw();
+    w.ilert.script([Reply::RetryAfter { raw: raw.clone() }]);
+    apply(&w.deployments, "api", &deployment("api", "nginx:1.25", 1)).await;
+    wait_requests(&w.ilert, 1).await;
+    let limited_at = w.ilert.received()[0].at;
+    let waited = eventually(
+        within,
+        &format!("delivered after Retry-After: {raw}"),
+        || async {
+            let received = w.ilert.received();
+            let accepted = received.iter().find(|r| r.status == 202)?;
+            Some(accepted.at - limited_at)
+        },
+    )
+    .await;
+    eprintln!("Retry-After: {raw} -> delivered {waited:?} after the 429");
+    assert_alive(&mut w).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.ilert.accepted_count(), 1, "delivered once");
+    assert_alive(&mut w).await;
+    let logs = w.controller.logs();
+    assert!(!logs.contains("panicked"), "a panic in the log");
+    w.assert_key_never_leaked().await;
+}
+
+#[tokio::test]
+async fn retry_after_of_a_day_waits_no_longer_than_retry_max_seconds() {
+    delivered_after_429("retry-day", || "86400".into(), Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    // Three seconds from now; ilert's advice for an unreadable value would be 10-30 s.
+    let date = || {
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3);
+        jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(&at)
+            .unwrap()
+    };
+    delivered_after_429("retry-date", date, Duration::from_secs(9)).await;
+}
+
+#[tokio::test]
+async fn retry_after_past_u64_is_a_long_wait_capped() {
+    delivered_after_429(
+        "retry-huge",
+        || "99999999999999999999999".into(),
+        Duration::from_secs(9),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn retry_after_of_u64_max_neither_panics_nor_stops_delivery() {
+    delivered_after_429(
+        "retry-max",
+        || u64::MAX.to_string(),
+        Duration::from_secs(20),
+    )
+    .await;
+}
