@@ -41,7 +41,7 @@ pub enum SendError {
     /// the sender caps it (`pacing::retry_wait`).
     #[error("ilert rate limit reached (429){}", .retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
-    /// Network errors, time-outs, 5xx: try again later.
+    /// Network errors, time-outs, 5xx, redirects (never followed): try again later.
     #[error("{0}")]
     Unavailable(String),
     /// 401/403/404: the integration key is wrong or the pipeline was deleted in ilert.
@@ -75,6 +75,9 @@ impl IlertClient {
     /// HTTPS_PROXY / NO_PROXY as usual.
     pub fn new(api_url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // ilert's API does not redirect, and a followed 307 would carry the body, key and
+            // all, to whatever host the answer names (a 301/302 would turn the POST into a GET).
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!(
@@ -130,11 +133,13 @@ impl IlertClient {
                 .map(str::to_string)
         };
         let retry_after = header(reqwest::header::RETRY_AFTER);
+        let location = header(reqwest::header::LOCATION);
         let text = response.text().await.unwrap_or_default();
         Err(classify(
             &Answer {
                 status: status.as_u16(),
                 retry_after: retry_after.as_deref(),
+                location: location.as_deref(),
                 body: &text,
             },
             key,
@@ -148,22 +153,46 @@ impl IlertClient {
 pub struct Answer<'a> {
     pub status: u16,
     pub retry_after: Option<&'a str>,
+    pub location: Option<&'a str>,
     pub body: &'a str,
 }
 
 /// Maps an HTTP answer to what the controller does next (ilert's guidance: retry network errors,
-/// 5xx and 429; 400/401/403/404 are permanent). `now` dates a `Retry-After` given as an HTTP date.
+/// 5xx and 429; 400/401/403/404 are permanent). A redirect is never followed: ilert's API does not
+/// redirect, so one means a wrong `--api-url` or something in between, and is retried.
+/// `now` dates a `Retry-After` given as an HTTP date.
 pub fn classify(answer: &Answer<'_>, key: &IntegrationKey, now: Timestamp) -> SendError {
     let status = answer.status;
     // Redacted before the message is cut: a key across the cut must not leave a prefix behind.
     let message = error_message(&key.redact(answer.body));
     match status {
+        300..=399 => SendError::Unavailable(format!(
+            "ilert answered {status} redirecting to {}; the controller follows no redirects (the body holds the integration key): check --api-url (https, not http)",
+            key.redact(&redirect_target(answer.location)),
+        )),
         429 => SendError::RateLimited {
             retry_after: answer.retry_after.and_then(|h| parse_retry_after(h, now)),
         },
         401 | 403 | 404 => SendError::KeyRejected { status, message },
         408 | 500..=599 => SendError::Unavailable(format!("ilert answered {status}: {message}")),
         _ => SendError::EventRejected { status, message },
+    }
+}
+
+/// Where a redirect pointed, as host and port only: the path and query of a `Location` may hold
+/// anything, and they say nothing an operator needs to fix `--api-url`.
+fn redirect_target(location: Option<&str>) -> String {
+    let Some(location) = location.map(str::trim).filter(|l| !l.is_empty()) else {
+        return "nowhere (no Location)".into();
+    };
+    match reqwest::Url::parse(location) {
+        Ok(url) => match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => crate::report::truncate(&format!("{host}:{port}"), 100),
+            (Some(host), None) => crate::report::truncate(host, 100),
+            (None, _) => "a location without a host".into(),
+        },
+        Err(_) if location.starts_with('/') => "another path on the same host".into(),
+        Err(_) => "an unreadable location".into(),
     }
 }
 
@@ -273,6 +302,55 @@ mod tests {
             SendError::KeyRejected { status: 404, .. }
         ));
         assert_eq!(format!("{key:?}"), "IntegrationKey([redacted])");
+    }
+
+    #[test]
+    fn a_redirect_is_retried_and_names_only_the_host_it_pointed_to() {
+        let key = IntegrationKey::new("ilapid-secret");
+        let cases = [
+            (
+                307,
+                Some("http://other.example:8080/api/deployment-events?token=abc"),
+                "other.example:8080",
+            ),
+            (
+                308,
+                Some("https://api.ilert.com/api/deployment-events"),
+                "api.ilert.com",
+            ),
+            (301, Some("http://[::1]:9/x"), "[::1]:9"),
+            (
+                302,
+                Some("/api/v2/deployment-events?q=1"),
+                "another path on the same host",
+            ),
+            (303, Some("::not a url::"), "an unreadable location"),
+            (300, None, "nowhere (no Location)"),
+            (
+                307,
+                Some("http://ilapid-secret.example/"),
+                "[redacted].example",
+            ),
+        ];
+        for (status, location, target) in cases {
+            let a = Answer {
+                location,
+                ..answer(status, "moved ilapid-secret")
+            };
+            let SendError::Unavailable(message) = classify(&a, &key, now()) else {
+                panic!("{status} {location:?} is not retried");
+            };
+            assert_eq!(
+                message,
+                format!(
+                    "ilert answered {status} redirecting to {target}; the controller follows no redirects (the body holds the integration key): check --api-url (https, not http)"
+                )
+            );
+            assert!(
+                !message.contains("token") && !message.contains("q=1"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

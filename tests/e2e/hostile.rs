@@ -1,5 +1,5 @@
-//! ilert's answers are untrusted input: no Retry-After holds events back past
-//! --retry-max-seconds or stops the controller.
+//! ilert's answers are untrusted input: a redirect never carries the key elsewhere, and no
+//! Retry-After holds events back past --retry-max-seconds or stops the controller.
 
 use std::time::Duration;
 
@@ -23,6 +23,95 @@ async fn assert_alive(w: &mut World) {
     );
     let (status, _, body) = get(&format!("{}/healthz", w.controller.ops_url())).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+/// The key in no metric either (World::assert_key_never_leaked checks logs, status, Events).
+async fn assert_key_not_in_metrics(w: &World) {
+    let (_, _, metrics) = get(&format!("{}/metrics", w.controller.ops_url())).await;
+    assert!(
+        !metrics.contains(&w.key),
+        "the integration key appears in /metrics"
+    );
+}
+
+/// ilert answers `status` redirecting to a second fake ilert on another port until told to stop.
+async fn a_redirect_never_reaches_the_host_it_names(status: u16) {
+    let other = FakeIlert::start().await;
+    let port = other.url.rsplit(':').next().unwrap().to_string();
+    let mut w = World::new(
+        &format!("redirect{status}"),
+        true,
+        None,
+        &["--retry-max-seconds", "2"],
+    )
+    .await;
+    w.ilert.script(std::iter::repeat_n(
+        Reply::Redirect {
+            status,
+            location: format!("http://localhost:{port}/api/deployment-events?token=t0ps3cret"),
+        },
+        1000,
+    ));
+    apply(&w.deployments, "api", &deployment("api", "nginx:1.25", 1)).await;
+    wait_requests(&w.ilert, 1).await;
+    // Time for a followed redirect to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stray: Vec<Value> = other.received().into_iter().map(|r| r.body).collect();
+    let leaked = stray
+        .iter()
+        .filter(|b| b["integrationKey"] == w.key.as_str())
+        .count();
+    eprintln!(
+        "{status} to localhost:{port}: the other host got {} requests ({leaked} with the key), {:?}",
+        other.requests_total(),
+        other.stray()
+    );
+    assert_eq!(
+        other.requests_total(),
+        0,
+        "the other host was reached: {leaked} requests with the key, and {:?}",
+        other.stray()
+    );
+
+    let message = w.wait_ready_condition("False", "IlertUnavailable").await;
+    eprintln!("while redirected: IlertUnavailable: {message}");
+    assert!(
+        message.contains(&format!(
+            "ilert answered {status} redirecting to localhost:{port}; the controller follows no redirects"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("t0ps3cret"), "{message}");
+
+    w.ilert.clear_script();
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    w.wait_ready_condition("True", "Ready").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let redirected = w
+        .ilert
+        .received()
+        .iter()
+        .filter(|r| r.status == status)
+        .count();
+    eprintln!(
+        "{redirected} requests answered {status}, then {} accepted",
+        w.ilert.accepted_count()
+    );
+    assert_eq!(w.ilert.accepted_count(), 1, "delivered exactly once");
+    assert_eq!(other.requests_total(), 0, "the other host, ever");
+    assert_alive(&mut w).await;
+    w.assert_key_never_leaked().await;
+    assert_key_not_in_metrics(&w).await;
+}
+
+#[tokio::test]
+async fn a_307_never_carries_the_key_to_another_host() {
+    a_redirect_never_reaches_the_host_it_names(307).await;
+}
+
+#[tokio::test]
+async fn a_302_is_not_followed_as_a_get_to_another_host() {
+    a_redirect_never_reaches_the_host_it_names(302).await;
 }
 
 /// A 429 with `Retry-After: raw`, under `--retry-max-seconds 5`: how long until the event is
