@@ -7,6 +7,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_json::Value;
 
+/// Most of an error body the controller reads: ilert's `{status, message, code}` fits many times
+/// over, and an answer of any size costs no more memory than this.
+pub const ERROR_BODY_LIMIT: usize = 4096;
+
 /// An integration key. Its Debug and Display never show it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct IntegrationKey(String);
@@ -24,6 +28,18 @@ impl IntegrationKey {
             text.to_string()
         } else {
             text.replace(&self.0, "[redacted]")
+        }
+    }
+
+    /// Drops the end of a body cut at `ERROR_BODY_LIMIT` when it is the start of the key: a key
+    /// across the cut would otherwise leave a prefix behind that `redact` cannot recognise.
+    fn strip_cut_prefix(&self, body: &mut Vec<u8>) {
+        let key = self.0.as_bytes();
+        if let Some(n) = (1..key.len().min(body.len() + 1))
+            .rev()
+            .find(|n| body.ends_with(&key[..*n]))
+        {
+            body.truncate(body.len() - n);
         }
     }
 }
@@ -114,7 +130,7 @@ impl IlertClient {
     }
 
     async fn post(&self, url: &str, body: &Value, key: &IntegrationKey) -> Result<(), SendError> {
-        let response = self
+        let mut response = self
             .http
             .post(url)
             .json(body)
@@ -134,7 +150,13 @@ impl IlertClient {
         };
         let retry_after = header(reqwest::header::RETRY_AFTER);
         let location = header(reqwest::header::LOCATION);
-        let text = response.text().await.unwrap_or_default();
+        let (mut text, cut) = read_bounded(&mut response, ERROR_BODY_LIMIT).await;
+        // The rest of the body is never read: dropping the answer closes its connection.
+        drop(response);
+        if cut {
+            key.strip_cut_prefix(&mut text);
+        }
+        let text = String::from_utf8_lossy(&text);
         Err(classify(
             &Answer {
                 status: status.as_u16(),
@@ -148,12 +170,32 @@ impl IlertClient {
     }
 }
 
+/// Reads at most `limit` bytes of a body, chunk by chunk; true when there was more.
+async fn read_bounded(response: &mut reqwest::Response, limit: usize) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() > room {
+                    return (body, true);
+                }
+            }
+            // A body that breaks off says no more than what came of it.
+            Ok(None) | Err(_) => return (body, false),
+        }
+    }
+    (body, true)
+}
+
 /// What ilert answered, as much of it as the controller reads.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Answer<'a> {
     pub status: u16,
     pub retry_after: Option<&'a str>,
     pub location: Option<&'a str>,
+    /// At most [`ERROR_BODY_LIMIT`] bytes of the body.
     pub body: &'a str,
 }
 
@@ -378,5 +420,16 @@ mod tests {
         for (value, want) in cases {
             assert_eq!(parse_retry_after(value, now()), want, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_body_cut_through_the_key_keeps_no_part_of_it() {
+        let key = IntegrationKey::new("ilapid-secret");
+        let mut body = b"echo: ilapid-se".to_vec();
+        key.strip_cut_prefix(&mut body);
+        assert_eq!(body, b"echo: ");
+        let mut body = b"nothing of it".to_vec();
+        key.strip_cut_prefix(&mut body);
+        assert_eq!(body, b"nothing of it");
     }
 }

@@ -1,10 +1,25 @@
-//! ilert's answers are untrusted input: a redirect never carries the key elsewhere, and no
-//! Retry-After holds events back past --retry-max-seconds or stops the controller.
+//! ilert's answers are untrusted input: a redirect never carries the key elsewhere, a huge error
+//! body costs no memory, and no Retry-After holds events back past --retry-max-seconds or stops
+//! the controller.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::support::*;
 use crate::*;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A field of /proc/<pid>/status in bytes (VmRSS, VmHWM).
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
 
 /// Waits until ilert has been asked at least `n` times (answered or not).
 async fn wait_requests(ilert: &FakeIlert, n: usize) {
@@ -112,6 +127,69 @@ async fn a_307_never_carries_the_key_to_another_host() {
 #[tokio::test]
 async fn a_302_is_not_followed_as_a_get_to_another_host() {
     a_redirect_never_reaches_the_host_it_names(302).await;
+}
+
+#[tokio::test]
+async fn a_50_mb_error_body_costs_no_memory() {
+    let w = World::new("bigbody", true, None, &["--retry-max-seconds", "2"]).await;
+    let pid = w.controller.pid().expect("controller running");
+    // Past start-up: the caches are synced, memory settles.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_before, hwm_before) = (
+        proc_status_bytes(pid, "VmRSS"),
+        proc_status_bytes(pid, "VmHWM"),
+    );
+    w.ilert.script([Reply::Body {
+        status: 500,
+        bytes: 50 * MIB as usize,
+    }]);
+    // Resident memory sampled every 5 ms while the answer is read.
+    let (stop, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(proc_status_bytes(pid, "VmRSS"), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    apply(&w.deployments, "api", &deployment("api", "nginx:1.25", 1)).await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let (rss_after, hwm_after) = (
+        proc_status_bytes(pid, "VmRSS"),
+        proc_status_bytes(pid, "VmHWM"),
+    );
+    // A high-water mark that rose was reached in this window; one that did not says nothing.
+    let peak = peak
+        .load(Ordering::Relaxed)
+        .max(if hwm_after > hwm_before { hwm_after } else { 0 });
+    eprintln!(
+        "RSS with a 50 MB error body: before {} MiB, peak {} MiB, after {} MiB (VmHWM {} -> {} MiB)",
+        rss_before / MIB,
+        peak / MIB,
+        rss_after / MIB,
+        hwm_before / MIB,
+        hwm_after / MIB
+    );
+    assert!(rss_before > 0, "no VmRSS for pid {pid}");
+    assert!(
+        peak < rss_before + 40 * MIB,
+        "resident memory rose from {} to {} MiB reading an error body",
+        rss_before / MIB,
+        peak / MIB
+    );
+    let answers: Vec<u16> = w.ilert.received().iter().map(|r| r.status).collect();
+    assert_eq!(answers, [500, 202], "one error, then delivered once");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.ilert.accepted_count(), 1);
+    w.assert_key_never_leaked().await;
 }
 
 /// A 429 with `Retry-After: raw`, under `--retry-max-seconds 5`: how long until the event is

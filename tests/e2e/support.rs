@@ -278,6 +278,11 @@ pub enum Reply {
         status: u16,
         location: String,
     },
+    /// `status` with a body of `bytes` bytes, streamed in 64 KiB chunks (never held whole).
+    Body {
+        status: u16,
+        bytes: usize,
+    },
     /// 429 with this `Retry-After` value, whatever it is.
     RetryAfter {
         raw: String,
@@ -289,7 +294,9 @@ impl Reply {
     fn status(&self) -> u16 {
         match self {
             Reply::Accept => 202,
-            Reply::Status(s, _) | Reply::Redirect { status: s, .. } => *s,
+            Reply::Status(s, _)
+            | Reply::Redirect { status: s, .. }
+            | Reply::Body { status: s, .. } => *s,
             Reply::RateLimited { .. } | Reply::RetryAfter { .. } => 429,
             Reply::Hang(_) => 0,
         }
@@ -303,6 +310,19 @@ impl Reply {
                 [("location", location)],
             )
                 .into_response(),
+            Reply::Body { status, bytes } => {
+                const CHUNK: usize = 64 * 1024;
+                let chunk = axum::body::Bytes::from(vec![b'x'; CHUNK]);
+                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
+                    let len = CHUNK.min(bytes - i * CHUNK);
+                    Ok::<_, std::convert::Infallible>(chunk.slice(..len))
+                });
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    axum::body::Body::from_stream(futures::stream::iter(chunks)),
+                )
+                    .into_response()
+            }
             Reply::RetryAfter { raw } => {
                 (StatusCode::TOO_MANY_REQUESTS, [("retry-after", raw)]).into_response()
             }
