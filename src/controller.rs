@@ -22,7 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -30,7 +30,7 @@ use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
 use crate::ledger::{Decision, Entry, Ledger, RolloutKey, Sight, State, Times, Verdict, judge};
 use crate::metrics::{Metrics, PipelineLabels};
-use crate::pacing::{Budget, Plan, backoff, retry_after};
+use crate::pacing::{Budget, Plan, backoff, later, retry_wait};
 use crate::pipeline::{
     AlertPriority, AlertsSpec, IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent,
     SecretKeyRef, TestEventStatus,
@@ -40,6 +40,7 @@ use crate::rollout::{
     Finished, History, Kind, Outcome, Progress, ReplicaSetView, RevisionView, Rollout,
     WorkloadView, resolve_replica_set, resolve_revision,
 };
+use crate::supervisor::{Ended, supervise};
 use crate::template::Templates;
 
 pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
@@ -270,6 +271,13 @@ impl Outbox {
         }
     }
 
+    /// Keeps only the events `keep` says still wait.
+    fn retain(&self, keep: impl Fn(&RolloutKey) -> bool) {
+        let mut q = lock(&self.queue);
+        q.items.retain(|i| keep(&i.key));
+        q.keys = q.items.iter().map(|i| i.key.clone()).collect();
+    }
+
     fn remove(&self, keys: &HashSet<&RolloutKey>) {
         let mut q = lock(&self.queue);
         q.items.retain(|i| !keys.contains(&i.key));
@@ -404,10 +412,26 @@ impl PipelineHandle {
             alert_outbox: self.alert_outbox.clone(),
             alert_stats: self.alert_stats.clone(),
         };
+        let pipeline = format!("{}/{}", self.namespace, self.name);
+        let supervised = |task, start: StartTask| {
+            tokio::spawn(supervise(
+                pipeline.clone(),
+                task,
+                shared.metrics.clone(),
+                TASK_RESTART_DELAY,
+                start,
+            ))
+        };
         self.tasks = vec![
-            tokio::spawn(deployments.run()),
-            tokio::spawn(alerts.run()),
-            tokio::spawn(status.run()),
+            supervised(
+                "sender",
+                Box::new(move |again| deployments.clone().run(again).boxed()),
+            ),
+            supervised(
+                "alert_sender",
+                Box::new(move |again| alerts.clone().run(again).boxed()),
+            ),
+            supervised("status", Box::new(move |_| status.clone().run().boxed())),
         ];
     }
 
@@ -439,6 +463,12 @@ impl Drop for PipelineHandle {
         self.stop();
     }
 }
+
+/// Makes a pipeline task afresh; true: it starts again after a failure.
+type StartTask = Box<dyn FnMut(bool) -> futures::future::BoxFuture<'static, Ended> + Send>;
+
+/// The first wait before a failed pipeline task starts again (doubling while it keeps failing).
+const TASK_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 fn jitter() -> f64 {
     rand::random()
@@ -1802,6 +1832,7 @@ struct Done {
 
 /// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries, up to
 /// [`MAX_IN_FLIGHT`] requests at once (never two for the same workload).
+#[derive(Clone)]
 struct Sender {
     shared: Arc<Shared>,
     channel: Channel,
@@ -1888,8 +1919,31 @@ impl Delivery {
     }
 }
 
+/// A request task that panicked takes its sender down with it: the supervisor starts the sender
+/// again with clean books (the events are still queued) instead of leaving them in flight forever.
+fn answered(joined: Result<Done, JoinError>) -> Option<Done> {
+    match joined {
+        Ok(done) => Some(done),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
 impl Sender {
-    async fn run(mut self) {
+    /// Delivers until SIGTERM or the lease is lost. `again`: started again after a failure, when
+    /// requests that were on the wire may have been answered and recorded without being settled.
+    async fn run(mut self, again: bool) -> Ended {
+        if again {
+            // What the ledger no longer holds as pending went out (or was given up) already.
+            let pending: HashSet<RolloutKey> = self
+                .shared
+                .ledger
+                .pending(&self.uid)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            self.outbox.retain(|k| pending.contains(k));
+        }
         let mut d = Delivery {
             needs_read: true,
             ..Delivery::default()
@@ -1908,11 +1962,11 @@ impl Sender {
                 // SIGTERM or the lease lost: what is on the wire finishes and is recorded;
                 // nothing new starts.
                 while let Some(done) = tasks.join_next().await {
-                    if let Ok(done) = done {
+                    if let Some(done) = answered(done) {
                         self.settle(&mut d, done).await;
                     }
                 }
-                return;
+                return Ended::Shutdown;
             }
             if self.spec.has_changed().unwrap_or(false) {
                 d.key = None;
@@ -1966,7 +2020,7 @@ impl Sender {
                     .map(|(_, at)| *at + KEY_RECHECK);
                 tokio::select! {
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                        if let Ok(done) = done {
+                        if let Some(done) = answered(done) {
                             self.settle(&mut d, done).await;
                         }
                     }
@@ -2242,11 +2296,12 @@ impl Sender {
                 self.delivered(batch).await;
                 self.set_problem(None).await;
             }
-            Err(SendError::RateLimited { retry_after: ra }) => {
-                let wait = ra.unwrap_or_else(|| retry_after(None, jitter()));
-                info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), "ilert rate limit reached; waiting");
+            Err(SendError::RateLimited { retry_after }) => {
+                // However long ilert asks for, never longer than --retry-max-seconds.
+                let wait = retry_wait(retry_after, self.shared.cfg.retry_cap, jitter());
+                info!(pipeline = %self.name(), wait_seconds = wait.as_secs(), asked_seconds = retry_after.map(|d| d.as_secs()), "ilert rate limit reached; waiting");
                 self.shared.metrics.rate_limit_waits.inc();
-                self.budget(&key, |b| b.exhausted_until(Instant::now() + wait));
+                self.budget(&key, |b| b.exhausted_until(later(Instant::now(), wait)));
             }
             Err(SendError::Unavailable(msg)) => {
                 let now = Instant::now();
@@ -2257,7 +2312,7 @@ impl Sender {
                 d.failures += 1;
                 let wait = backoff(d.failures, self.shared.cfg.retry_cap, jitter());
                 warn!(pipeline = %self.name(), attempt = d.failures, retry_in_seconds = wait.as_secs_f32(), error = %msg, "ilert unavailable; retrying");
-                d.resume_at = Some(now + wait);
+                d.resume_at = Some(later(now, wait));
                 if d.failures >= 3 {
                     self.set_problem(Some(Problem {
                         reason: "IlertUnavailable",
@@ -2639,6 +2694,7 @@ async fn publish(
 }
 
 /// Writes a pipeline's status when something changed, at most twice a second.
+#[derive(Clone)]
 struct StatusWriter {
     shared: Arc<Shared>,
     uid: String,
@@ -2677,7 +2733,7 @@ fn condition(
 }
 
 impl StatusWriter {
-    async fn run(self) {
+    async fn run(self) -> Ended {
         let api: Api<IlertPipeline> = Api::namespaced(self.shared.client.clone(), &self.namespace);
         let mut last_ready: Since = None;
         let mut last_alerts_ready: Since = None;
@@ -2795,7 +2851,7 @@ impl StatusWriter {
                     }
                     failures = 0;
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ended::PipelineGone,
                 Err(e) => {
                     self.shared.metrics.error("status");
                     if failures == 0 {

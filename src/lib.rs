@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rollout;
 pub mod server;
+pub mod supervisor;
 pub mod template;
 
 use kube::CustomResourceExt;

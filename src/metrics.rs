@@ -72,6 +72,12 @@ pub fn kube_request_labels(method: &str, path: &str, query: Option<&str>) -> Kub
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// sender, alert_sender, status.
+    pub task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
 }
@@ -96,6 +102,7 @@ pub struct Metrics {
     pub watched_workloads: Gauge,
     pub leader: Gauge,
     pub kube_requests: Family<KubeRequestLabels, Counter>,
+    pub task_restarts: Family<TaskLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -185,8 +192,15 @@ impl Default for Metrics {
             "Requests to the Kubernetes API server, by verb and resource (a watch counts once per connection)",
             kube_requests.clone(),
         );
+        let task_restarts = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "task_restarts",
+            "Pipeline tasks (senders, status writers) started again after they failed, by task",
+            task_restarts.clone(),
+        );
         Metrics {
             registry,
+            task_restarts,
             kube_requests,
             events,
             requests,
@@ -227,6 +241,13 @@ impl Metrics {
     pub fn kube_request(&self, method: &str, path: &str, query: Option<&str>) {
         self.kube_requests
             .get_or_create(&kube_request_labels(method, path, query))
+            .inc();
+    }
+
+    /// Counts one pipeline task started again after it failed.
+    pub fn task_restart(&self, task: &str) {
+        self.task_restarts
+            .get_or_create(&TaskLabels { task: task.into() })
             .inc();
     }
 

@@ -99,13 +99,21 @@ pub fn backoff(attempt: u32, cap: Duration, jitter: f64) -> Duration {
     ceiling.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// The wait a 429 asks for: `Retry-After` seconds when given (bounded), else ilert's advice of 10-30 s.
-pub fn retry_after(header: Option<&str>, jitter: f64) -> Duration {
+/// The wait after a 429: what ilert's `Retry-After` asked for (see `ilert::parse_retry_after`),
+/// else ilert's advice of 10-30 s; never longer than `cap` (`--retry-max-seconds`), however long
+/// the answer asks for.
+pub fn retry_wait(asked: Option<Duration>, cap: Duration, jitter: f64) -> Duration {
     let advised = Duration::from_secs(10).mul_f64(1.0 + 2.0 * jitter.clamp(0.0, 1.0));
-    match header.and_then(|h| h.trim().parse::<u64>().ok()) {
-        Some(secs) => Duration::from_secs(secs.min(300)),
-        None => advised,
-    }
+    asked.unwrap_or(advised).min(cap)
+}
+
+/// The longest wait `later` adds to a clock reading.
+const FAR: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// `now + wait` that cannot overflow the clock (which panics): a wait longer than a year is a
+/// year. For every wait that comes from an answer or a flag.
+pub fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(FAR)).unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -207,7 +215,31 @@ mod tests {
         assert_eq!(backoff(4, cap, 1.0), Duration::from_secs(8));
         assert_eq!(backoff(30, cap, 1.0), cap);
         assert_eq!(backoff(4, cap, 0.0), Duration::from_secs(4));
-        assert_eq!(retry_after(Some("7"), 0.5), Duration::from_secs(7));
-        assert_eq!(retry_after(Some("junk"), 0.0), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_429_waits_what_it_asks_for_up_to_the_cap() {
+        let s = Duration::from_secs;
+        let cap = s(300);
+        assert_eq!(retry_wait(Some(s(7)), cap, 0.5), s(7));
+        assert_eq!(retry_wait(Some(s(86400)), cap, 0.5), cap);
+        assert_eq!(retry_wait(Some(s(86400)), s(5), 0.5), s(5));
+        assert_eq!(retry_wait(Some(Duration::MAX), s(5), 0.5), s(5));
+        assert_eq!(retry_wait(Some(Duration::ZERO), cap, 0.5), Duration::ZERO);
+        // Nothing usable asked for: ilert's advice of 10-30 s, capped too.
+        assert_eq!(retry_wait(None, cap, 0.0), s(10));
+        assert_eq!(retry_wait(None, cap, 1.0), s(30));
+        assert_eq!(retry_wait(None, s(5), 0.5), s(5));
+    }
+
+    #[test]
+    fn later_never_overflows_the_clock() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(later(now, Duration::from_secs(u64::MAX)), now + FAR);
+        assert_eq!(later(now, Duration::MAX), now + FAR);
     }
 }

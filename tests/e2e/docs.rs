@@ -107,6 +107,7 @@ fn documented_metrics_match_the_registry() {
     m.request("accepted");
     m.error("watch");
     m.kube_request("GET", "/api/v1/namespaces/ns/secrets/s", None);
+    m.task_restart("sender");
     m.pending
         .get_or_create(&ilert_rollout_controller::metrics::PipelineLabels {
             pipeline: "ns/p".into(),

@@ -8,6 +8,7 @@ mod cluster;
 mod controller;
 mod docs;
 mod examples;
+mod hostile;
 mod operations;
 mod promise;
 mod sets;

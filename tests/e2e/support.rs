@@ -269,8 +269,66 @@ pub async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, val
 pub enum Reply {
     Accept,
     Status(u16, Value),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Hang(Duration),
+    /// A redirect (`status` 3xx) to `location`, as a proxy in between or a hostile answer sends.
+    Redirect {
+        status: u16,
+        location: String,
+    },
+    /// `status` with a body of `bytes` bytes, streamed in 64 KiB chunks (never held whole).
+    Body {
+        status: u16,
+        bytes: usize,
+    },
+    /// 429 with this `Retry-After` value, whatever it is.
+    RetryAfter {
+        raw: String,
+    },
+}
+
+impl Reply {
+    /// The status this reply answers with (0: none yet, a hang).
+    fn status(&self) -> u16 {
+        match self {
+            Reply::Accept => 202,
+            Reply::Status(s, _)
+            | Reply::Redirect { status: s, .. }
+            | Reply::Body { status: s, .. } => *s,
+            Reply::RateLimited { .. } | Reply::RetryAfter { .. } => 429,
+            Reply::Hang(_) => 0,
+        }
+    }
+
+    /// The answer of the replies both APIs give alike; None for the others.
+    fn hostile(self) -> Option<Response> {
+        Some(match self {
+            Reply::Redirect { status, location } => (
+                StatusCode::from_u16(status).unwrap(),
+                [("location", location)],
+            )
+                .into_response(),
+            Reply::Body { status, bytes } => {
+                const CHUNK: usize = 64 * 1024;
+                let chunk = axum::body::Bytes::from(vec![b'x'; CHUNK]);
+                let chunks = (0..bytes.div_ceil(CHUNK)).map(move |i| {
+                    let len = CHUNK.min(bytes - i * CHUNK);
+                    Ok::<_, std::convert::Infallible>(chunk.slice(..len))
+                });
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    axum::body::Body::from_stream(futures::stream::iter(chunks)),
+                )
+                    .into_response()
+            }
+            Reply::RetryAfter { raw } => {
+                (StatusCode::TOO_MANY_REQUESTS, [("retry-after", raw)]).into_response()
+            }
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -291,6 +349,8 @@ struct FakeState {
     /// Requests to the Events API (`spec.alerts`), kept apart from deployment events.
     alerts: Vec<Received>,
     alert_script: VecDeque<Reply>,
+    /// Requests to anything else ("GET /api/deployment-events"): a followed 302 would land here.
+    stray: Vec<String>,
 }
 
 /// A local stand-in for ilert: records every request, validates it against ilert's published
@@ -336,8 +396,15 @@ impl FakeIlert {
             refusing: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let app = axum::Router::new()
-            .route("/api/deployment-events", axum::routing::post(receive))
-            .route("/api/events", axum::routing::post(receive_alert))
+            .route(
+                "/api/deployment-events",
+                axum::routing::post(receive).fallback(stray),
+            )
+            .route(
+                "/api/events",
+                axum::routing::post(receive_alert).fallback(stray),
+            )
+            .fallback(stray)
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -386,6 +453,22 @@ impl FakeIlert {
 
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Drops the deployment-event replies still scripted: later requests get 202.
+    pub fn clear_script(&self) {
+        self.state.lock().unwrap().script.clear();
+    }
+
+    /// Requests to any other method or path than the two APIs, as "METHOD /path".
+    pub fn stray(&self) -> Vec<String> {
+        self.state.lock().unwrap().stray.clone()
+    }
+
+    /// Every request this fake got, to either API or to anything else.
+    pub fn requests_total(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.received.len() + st.alerts.len() + st.stray.len()
     }
 
     /// Every request so far (including refused ones).
@@ -464,9 +547,8 @@ async fn receive_alert(State(fake): State<FakeIlert>, body: String) -> Response 
         st.alert_script.pop_front().unwrap_or(Reply::Accept)
     };
     let status = match &reply {
-        Reply::Accept | Reply::Hang(_) => 202,
-        Reply::Status(s, _) => *s,
-        Reply::RateLimited { .. } => 429,
+        Reply::Hang(_) => 202,
+        other => other.status(),
     };
     fake.state.lock().unwrap().alerts.push(Received {
         body: parsed,
@@ -483,6 +565,7 @@ async fn receive_alert(State(fake): State<FakeIlert>, body: String) -> Response 
         )
             .into_response(),
         Reply::Accept | Reply::Hang(_) => StatusCode::ACCEPTED.into_response(),
+        other => other.hostile().expect("a reply both APIs give alike"),
     }
 }
 
@@ -498,12 +581,7 @@ async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: Strin
     if matches!(reply, Reply::Accept) && !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let status = match &reply {
-        Reply::Accept => 202,
-        Reply::Status(s, _) => *s,
-        Reply::RateLimited { .. } => 429,
-        Reply::Hang(_) => 0,
-    };
+    let status = reply.status();
     fake.state.lock().unwrap().received.push(Received {
         body: parsed,
         at: Instant::now(),
@@ -526,6 +604,26 @@ async fn receive(State(fake): State<FakeIlert>, _headers: HeaderMap, body: Strin
             tokio::time::sleep(d).await;
             StatusCode::ACCEPTED.into_response()
         }
+        other => other.hostile().expect("a reply both APIs give alike"),
+    }
+}
+
+/// Anything but a POST to one of the two APIs: recorded, and answered as axum would (404/405).
+async fn stray(
+    State(fake): State<FakeIlert>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> StatusCode {
+    let known = matches!(uri.path(), "/api/deployment-events" | "/api/events");
+    fake.state
+        .lock()
+        .unwrap()
+        .stray
+        .push(format!("{method} {}", uri.path()));
+    if known {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        StatusCode::NOT_FOUND
     }
 }
 
