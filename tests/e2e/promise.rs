@@ -10,9 +10,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 
 use crate::*;
 
-/// A revision that cannot be scheduled: Failed 3 s after it starts.
+/// A revision that cannot be scheduled: Failed 3 s after it starts. One replica: the rollback
+/// that follows changes no replica count, so the Deployment controller carries the deadline over.
 fn stuck(name: &str, image: &str) -> Value {
-    let mut d = deployment(name, image, 2);
+    let mut d = deployment(name, image, 1);
     d["spec"]["progressDeadlineSeconds"] = json!(3);
     d["spec"]["template"]["spec"]["nodeSelector"] = json!({"no-such-node": "true"});
     d
@@ -45,7 +46,7 @@ async fn a_rollback_after_a_failed_rollout_is_one_rolled_back_event_and_one_reso
         "il1api-stale",
     )
     .await;
-    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 2)).await;
+    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 1)).await;
     wait_revision_complete(&w.deployments, "web", "1").await;
     w.ilert.wait_accepted(1, EVENT_WAIT).await;
 
@@ -58,7 +59,7 @@ async fn a_rollback_after_a_failed_rollout_is_one_rolled_back_event_and_one_reso
 
     // The template of revision 1 again: the Deployment controller re-uses its ReplicaSet as
     // revision 3 while the Progressing condition still says revision 2 exceeded its deadline.
-    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 2)).await;
+    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 1)).await;
     wait_revision_complete(&w.deployments, "web", "3").await;
     w.ilert.wait_accepted(3, EVENT_WAIT).await;
     w.ilert.wait_alerts_accepted(2, EVENT_WAIT).await;
@@ -201,14 +202,17 @@ async fn a_stateful_set_mid_rollout_when_its_pipeline_is_created_is_reported_onc
     let ilert = FakeIlert::start().await;
     let mut controller = Controller::start(&ns.name, &ilert, &[]);
     controller.wait_ready().await;
-    // Remembered as seen mid-rollout, so that a restart does not take its end for the baseline.
-    eventually(Duration::from_secs(20), "seen mid-rollout", || async {
-        ledger_keys(&client, &ns.name)
-            .await
-            .contains(&format!("{uid}.0.Completed"))
-            .then_some(())
+    // Seen mid-rollout (and so remembered); then the controller is away while it finishes.
+    eventually(Duration::from_secs(20), "db selected", || async {
+        let s = pipelines.get(PIPELINE).await.ok()?.status?;
+        (s.selected_workloads == 1).then_some(())
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "ledger of the pipeline before the kill: {:?} (the workload is {uid})",
+        ledger_keys(&client, &ns.name).await
+    );
     controller.kill();
     label_nodes(&client, &hold, true).await;
     eventually(Duration::from_secs(90), "db rolled out", || async {
