@@ -1689,7 +1689,8 @@ impl Sender {
                 d.resume_at = Some(r.retry_at.min(Instant::now() + Duration::from_secs(5)));
                 continue;
             }
-            let n = match self.budget(&key, |b| b.plan(sendable, now)) {
+            // Checked and counted under one lock: pipelines on the same key share its budget.
+            let n = match self.budget(&key, |b| b.reserve(sendable, Instant::now())) {
                 Plan::WaitUntil(t) => {
                     self.shared.metrics.rate_limit_waits.inc();
                     d.resume_at = Some(t);
@@ -1732,7 +1733,6 @@ impl Sender {
                     (batch, queued_at, body)
                 }
             };
-            self.budget(&key, |b| b.take(Instant::now()));
             for (k, _) in &batch {
                 d.in_flight.insert(k.clone());
                 d.busy_workloads.insert(k.workload_uid.clone());
