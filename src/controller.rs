@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
@@ -142,36 +142,105 @@ impl Stats {
     }
 }
 
-struct QueuedEvent {
+/// What the entries of one queue send: a deployment event, or an alert. It is taken out of each
+/// entry as the entry is queued, so a queued entry always has one and a batch has a body for each
+/// of its entries.
+trait Payload: Clone + Send + Sync + 'static {
+    const CHANNEL: Channel;
+    /// The payload of a pending entry, taken out of it; None: it has nothing to send.
+    fn take_from(entry: &mut Entry) -> Option<Self>;
+    /// How many of `waiting` (oldest first) go out in one request, and its body.
+    fn request(waiting: &[Self], cluster: &str, key: &str) -> (usize, serde_json::Value);
+    fn alert_type(&self) -> Option<alerts::EventType> {
+        None
+    }
+}
+
+impl Payload for DeploymentEvent {
+    const CHANNEL: Channel = Channel::Deployments;
+    fn take_from(entry: &mut Entry) -> Option<Self> {
+        entry.event.take()
+    }
+    fn request(waiting: &[Self], cluster: &str, key: &str) -> (usize, serde_json::Value) {
+        let take = report::combinable(waiting, cluster).min(waiting.len());
+        match &waiting[..take] {
+            [] => (0, serde_json::Value::Null),
+            events => (take, report::body(&report::combine(events, cluster), key)),
+        }
+    }
+}
+
+/// Never combined: each has its workload's alert key.
+impl Payload for alerts::AlertEvent {
+    const CHANNEL: Channel = Channel::Alerts;
+    fn take_from(entry: &mut Entry) -> Option<Self> {
+        entry.alert.take()
+    }
+    fn request(waiting: &[Self], _cluster: &str, key: &str) -> (usize, serde_json::Value) {
+        match waiting.first() {
+            Some(alert) => (1, report::body(alert, key)),
+            None => (0, serde_json::Value::Null),
+        }
+    }
+    fn alert_type(&self) -> Option<alerts::EventType> {
+        Some(self.event_type)
+    }
+}
+
+#[derive(Clone)]
+struct QueuedEvent<P> {
     key: RolloutKey,
+    /// The ledger entry, without its payload.
     entry: Entry,
+    payload: P,
     /// When it was queued (a rollout seen finished, or a pending one reloaded).
     queued_at: Instant,
 }
 
 /// Events waiting for delivery, oldest first; each rollout at most once.
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<QueuedEvent>,
+struct Queue<P> {
+    items: VecDeque<QueuedEvent<P>>,
     keys: HashSet<RolloutKey>,
 }
 
-#[derive(Default)]
-struct Outbox {
-    queue: Mutex<Queue>,
+struct Outbox<P> {
+    queue: Mutex<Queue<P>>,
     notify: Notify,
 }
 
-impl Outbox {
+impl<P> Default for Outbox<P> {
+    fn default() -> Self {
+        Outbox {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                keys: HashSet::new(),
+            }),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl<P: Payload> Outbox<P> {
     /// Queues an event unless it already waits (a pending entry reloaded from the ledger and a
-    /// late hand-over of the same rollout after a leadership change).
-    fn push(&self, item: QueuedEvent) {
+    /// late hand-over of the same rollout after a leadership change). An entry with nothing to
+    /// send (a claim reloaded before its event was built) is left out, so it neither takes the
+    /// place of the real one nor reaches a batch.
+    fn push(&self, key: RolloutKey, mut entry: Entry) {
+        let Some(payload) = P::take_from(&mut entry) else {
+            error!(workload = %entry.workload, revision = key.revision, channel = ?P::CHANNEL, "a pending entry has nothing to send; left out of the queue");
+            return;
+        };
         {
             let mut q = lock(&self.queue);
-            if !q.keys.insert(item.key.clone()) {
+            if !q.keys.insert(key.clone()) {
                 return;
             }
-            q.items.push_back(item);
+            q.items.push_back(QueuedEvent {
+                key,
+                entry,
+                payload,
+                queued_at: Instant::now(),
+            });
         }
         self.notify.notify_one();
     }
@@ -222,10 +291,10 @@ struct PipelineHandle {
     spec_tx: watch::Sender<IlertPipelineSpec>,
     selection: Option<Selection>,
     selected: HashSet<String>,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<DeploymentEvent>>,
     stats: Arc<Mutex<Stats>>,
     /// Alerts and resolves (`spec.alerts`): their own queue, ledger and counters.
-    alert_outbox: Arc<Outbox>,
+    alert_outbox: Arc<Outbox<alerts::AlertEvent>>,
     alert_stats: Arc<Mutex<Stats>>,
     /// Wakes the deployment sender to read its key while a selected workload rolls out.
     warm: Arc<Notify>,
@@ -238,27 +307,21 @@ impl PipelineHandle {
     fn start(&mut self, shared: &Arc<Shared>) {
         self.stop();
         let alerts_ledger = alerts::ledger_id(&self.uid);
-        for (outbox, ledger_id) in [
-            (&self.outbox, &self.uid),
-            (&self.alert_outbox, &alerts_ledger),
-        ] {
-            let mut pending = shared.ledger.pending(ledger_id);
-            // Key order puts (revision, Completed) before (revision, Failed): the ALERT of a
-            // revision that failed and then recovered must go out before its RESOLVE.
-            pending.sort_by_key(|(k, e)| {
-                let resolve = e
-                    .alert
-                    .as_ref()
-                    .is_some_and(|a| a.event_type == alerts::EventType::Resolve);
-                (k.workload_uid.clone(), k.revision, resolve)
-            });
-            for (key, entry) in pending {
-                outbox.push(QueuedEvent {
-                    key,
-                    entry,
-                    queued_at: Instant::now(),
-                });
-            }
+        for (key, entry) in shared.ledger.pending(&self.uid) {
+            self.outbox.push(key, entry);
+        }
+        let mut pending = shared.ledger.pending(&alerts_ledger);
+        // Key order puts (revision, Completed) before (revision, Failed): the ALERT of a
+        // revision that failed and then recovered must go out before its RESOLVE.
+        pending.sort_by_key(|(k, e)| {
+            let resolve = e
+                .alert
+                .as_ref()
+                .is_some_and(|a| a.event_type == alerts::EventType::Resolve);
+            (k.workload_uid.clone(), k.revision, resolve)
+        });
+        for (key, entry) in pending {
+            self.alert_outbox.push(key, entry);
         }
         {
             let mut s = lock(&self.stats);
@@ -274,29 +337,29 @@ impl PipelineHandle {
             s.failed = self.last_status.alerts_failed.unwrap_or(0);
             s.dirty = true;
         }
-        let sender = |channel, uid: &str, outbox: &Arc<Outbox>, stats: &Arc<Mutex<Stats>>| Sender {
+        let deployments = Sender {
             shared: shared.clone(),
-            warm: match channel {
-                Channel::Deployments => self.warm.clone(),
-                // Alerts follow a progress deadline of minutes: nothing to gain.
-                Channel::Alerts => Arc::new(Notify::new()),
-            },
-            channel,
-            uid: uid.to_string(),
+            warm: self.warm.clone(),
+            uid: self.uid.clone(),
             namespace: self.namespace.clone(),
             reference: self.reference.clone(),
-            outbox: outbox.clone(),
-            stats: stats.clone(),
+            outbox: self.outbox.clone(),
+            stats: self.stats.clone(),
             spec: self.spec_tx.subscribe(),
             shutdown: shared.shutdown.clone(),
         };
-        let deployments = sender(Channel::Deployments, &self.uid, &self.outbox, &self.stats);
-        let alerts = sender(
-            Channel::Alerts,
-            &alerts_ledger,
-            &self.alert_outbox,
-            &self.alert_stats,
-        );
+        let alerts = Sender {
+            shared: shared.clone(),
+            // Alerts follow a progress deadline of minutes: nothing to gain.
+            warm: Arc::new(Notify::new()),
+            uid: alerts_ledger,
+            namespace: self.namespace.clone(),
+            reference: self.reference.clone(),
+            outbox: self.alert_outbox.clone(),
+            stats: self.alert_stats.clone(),
+            spec: self.spec_tx.subscribe(),
+            shutdown: shared.shutdown.clone(),
+        };
         let status = StatusWriter {
             shared: shared.clone(),
             namespace: self.namespace.clone(),
@@ -1388,9 +1451,13 @@ struct ToQueue {
     finished: Finished,
     templates: Option<Arc<Templates>>,
     /// The deployment event's queue, when it is to be reported.
-    outbox: Option<Arc<Outbox>>,
+    outbox: Option<Arc<Outbox<DeploymentEvent>>>,
     /// The alert or resolve, its priority and the alerts queue.
-    alert: Option<(alerts::Action, Option<AlertPriority>, Arc<Outbox>)>,
+    alert: Option<(
+        alerts::Action,
+        Option<AlertPriority>,
+        Arc<Outbox<alerts::AlertEvent>>,
+    )>,
 }
 
 impl ToQueue {
@@ -1461,9 +1528,9 @@ fn template_warnings(
 /// crash before the pending write is on the API server loses nothing that waiting for it would
 /// have saved (the rollout is decided again from the workload), and a crash after ilert's 202 but
 /// before the sent write repeats the event either way.
-fn record_and_queue(
+fn record_and_queue<P: Payload>(
     shared: &Shared,
-    outbox: &Outbox,
+    outbox: &Outbox<P>,
     pipeline_uid: &str,
     key: RolloutKey,
     entry: Entry,
@@ -1471,11 +1538,7 @@ fn record_and_queue(
     shared
         .ledger
         .record(pipeline_uid, &[(key.clone(), entry.clone())]);
-    outbox.push(QueuedEvent {
-        key,
-        entry,
-        queued_at: Instant::now(),
-    });
+    outbox.push(key, entry);
 }
 
 /// Reads the ReplicaSets of a workload: rollback detection, previous images, start time.
@@ -1512,6 +1575,8 @@ type Batch = Vec<(RolloutKey, Entry)>;
 /// One request's answer, back from its task (its outcome already handed to the ledger).
 struct Done {
     batch: Batch,
+    /// For an alert: whether it opened or resolved one.
+    alert: Option<alerts::EventType>,
     key: IntegrationKey,
     result: Result<(), SendError>,
     /// How long each event of the batch waited from being queued to ilert's answer.
@@ -1520,14 +1585,13 @@ struct Done {
 
 /// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries, up to
 /// [`MAX_IN_FLIGHT`] requests at once (never two for the same workload).
-struct Sender {
+struct Sender<P> {
     shared: Arc<Shared>,
-    channel: Channel,
     /// The ledger the channel records in: the pipeline's uid, or its alerts ledger.
     uid: String,
     namespace: String,
     reference: ObjectReference,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<P>>,
     stats: Arc<Mutex<Stats>>,
     spec: watch::Receiver<IlertPipelineSpec>,
     shutdown: watch::Receiver<bool>,
@@ -1594,12 +1658,12 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn sendable(&self, item: &QueuedEvent) -> bool {
+    fn sendable<P>(&self, item: &QueuedEvent<P>) -> bool {
         !self.in_flight.contains(&item.key) && !self.busy_workloads.contains(&item.key.workload_uid)
     }
 }
 
-impl Sender {
+impl<P: Payload> Sender<P> {
     async fn run(mut self) {
         let mut d = Delivery::default();
         let mut tasks: JoinSet<Done> = JoinSet::new();
@@ -1633,7 +1697,7 @@ impl Sender {
                     q.items.iter().filter(|i| d.sendable(i)).count(),
                 )
             };
-            if self.channel == Channel::Deployments {
+            if P::CHANNEL == Channel::Deployments {
                 pending_gauge.set(waiting as i64);
             }
             {
@@ -1649,7 +1713,7 @@ impl Sender {
             } else {
                 MAX_IN_FLIGHT
             };
-            let paused = spec.suspend || self.channel.secret_ref(&spec).is_none();
+            let paused = spec.suspend || P::CHANNEL.secret_ref(&spec).is_none();
             let go = !paused
                 && sendable > 0
                 && tasks.len() < limit
@@ -1698,46 +1762,30 @@ impl Sender {
                 }
                 Plan::Send(n) => n,
             };
-            let (batch, queued_at): (Batch, Vec<Instant>) = {
-                let q = lock(&self.outbox.queue);
-                q.items
-                    .iter()
-                    .filter(|i| d.sendable(i))
-                    .take(n)
-                    .map(|i| ((i.key.clone(), i.entry.clone()), i.queued_at))
-                    .unzip()
-            };
-            let (batch, queued_at, body) = match self.channel {
-                Channel::Deployments => {
-                    let events: Vec<DeploymentEvent> =
-                        batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
-                    let cluster = &self.shared.cfg.cluster_name;
-                    let take = report::combinable(&events, cluster).min(batch.len());
-                    let mut batch = batch;
-                    batch.truncate(take);
-                    let mut queued_at = queued_at;
-                    queued_at.truncate(take);
-                    let body =
-                        report::body(&report::combine(&events[..take], cluster), key.expose());
-                    (batch, queued_at, body)
-                }
-                Channel::Alerts => {
-                    let mut batch = batch;
-                    batch.truncate(1);
-                    let mut queued_at = queued_at;
-                    queued_at.truncate(1);
-                    let body = match batch.first().and_then(|(_, e)| e.alert.as_ref()) {
-                        Some(alert) => report::body(alert, key.expose()),
-                        None => serde_json::Value::Null,
-                    };
-                    (batch, queued_at, body)
-                }
-            };
+            let picked: Vec<QueuedEvent<P>> = lock(&self.outbox.queue)
+                .items
+                .iter()
+                .filter(|i| d.sendable(i))
+                .take(n)
+                .cloned()
+                .collect();
+            let payloads: Vec<P> = picked.iter().map(|i| i.payload.clone()).collect();
+            let (take, body) = P::request(&payloads, &self.shared.cfg.cluster_name, key.expose());
+            let picked = &picked[..take];
+            if picked.is_empty() {
+                continue;
+            }
+            let batch: Batch = picked
+                .iter()
+                .map(|i| (i.key.clone(), i.entry.clone()))
+                .collect();
+            let queued_at: Vec<Instant> = picked.iter().map(|i| i.queued_at).collect();
+            let alert = picked.last().and_then(|i| i.payload.alert_type());
             for (k, _) in &batch {
                 d.in_flight.insert(k.clone());
                 d.busy_workloads.insert(k.workload_uid.clone());
             }
-            let (shared, uid, channel) = (self.shared.clone(), self.uid.clone(), self.channel);
+            let (shared, uid, channel) = (self.shared.clone(), self.uid.clone(), P::CHANNEL);
             tasks.spawn(async move {
                 let started = std::time::Instant::now();
                 let result = match channel {
@@ -1768,6 +1816,7 @@ impl Sender {
                 }
                 Done {
                     batch,
+                    alert,
                     key,
                     result,
                     waited,
@@ -1814,7 +1863,7 @@ impl Sender {
                 }
                 let at = Instant::now();
                 (
-                    read_key(&self.shared.client, &self.namespace, spec, self.channel).await,
+                    read_key(&self.shared.client, &self.namespace, spec, P::CHANNEL).await,
                     at,
                 )
             }
@@ -1846,7 +1895,7 @@ impl Sender {
             self.shared.client.clone(),
             self.namespace.clone(),
             spec.clone(),
-            self.channel,
+            P::CHANNEL,
         );
         d.refresh = Some(tokio::spawn(async move {
             let at = Instant::now();
@@ -1859,7 +1908,7 @@ impl Sender {
     fn warm_key(&self, spec: &IlertPipelineSpec, d: &mut Delivery) {
         // After a failed read, only key() reads again (with its backoff, and it reports why):
         // warming must not turn a missing Secret into a GET per workload update.
-        if spec.suspend || self.channel.secret_ref(spec).is_none() || d.secret_failures > 0 {
+        if spec.suspend || P::CHANNEL.secret_ref(spec).is_none() || d.secret_failures > 0 {
             return;
         }
         // A read that finished meanwhile: its key is kept with the time of the read.
@@ -1883,6 +1932,7 @@ impl Sender {
     async fn settle(&mut self, d: &mut Delivery, done: Done) {
         let Done {
             batch,
+            alert,
             key,
             result,
             waited,
@@ -1900,7 +1950,7 @@ impl Sender {
                 d.failures = 0;
                 d.rejected = None;
                 self.finished(batch, "sent");
-                self.delivered(batch).await;
+                self.delivered(batch, alert).await;
                 self.set_problem(None).await;
             }
             Err(SendError::RateLimited { retry_after: ra }) => {
@@ -1955,14 +2005,13 @@ impl Sender {
                 });
                 d.key = None;
                 let spec = self.spec.borrow().clone();
-                let (secret, key_name) = self
-                    .channel
+                let (secret, key_name) = P::CHANNEL
                     .secret_ref(&spec)
                     .map(|(r, _)| (r.name.clone(), r.key.clone()))
                     .unwrap_or_default();
                 let message = format!(
                     "{e}. Put the integration key of {} into Secret {}/{secret} key {key_name}; {} events wait and go out once the key changes",
-                    self.channel.key_owner(),
+                    P::CHANNEL.key_owner(),
                     self.namespace,
                     self.outbox.len()
                 );
@@ -2000,7 +2049,7 @@ impl Sender {
     fn budget<R>(&self, key: &IntegrationKey, f: impl FnOnce(&mut Budget) -> R) -> R {
         let mut budgets = lock(&self.shared.budgets);
         f(budgets.entry(key.clone()).or_insert_with(|| {
-            Budget::new(match self.channel {
+            Budget::new(match P::CHANNEL {
                 Channel::Deployments => self.shared.cfg.rate_limit_per_minute,
                 Channel::Alerts => self.shared.cfg.alert_rate_limit_per_minute,
             })
@@ -2019,7 +2068,7 @@ impl Sender {
     fn finished(&self, batch: &[(RolloutKey, Entry)], result: &str) {
         let keys: HashSet<&RolloutKey> = batch.iter().map(|(k, _)| k).collect();
         self.outbox.remove(&keys);
-        if self.channel == Channel::Alerts {
+        if P::CHANNEL == Channel::Alerts {
             return;
         }
         for (k, e) in batch.iter().filter(|(_, e)| e.test.is_none()) {
@@ -2030,7 +2079,7 @@ impl Sender {
         }
     }
 
-    async fn delivered(&self, batch: &[(RolloutKey, Entry)]) {
+    async fn delivered(&self, batch: &[(RolloutKey, Entry)], alert: Option<alerts::EventType>) {
         let (tests, rollouts): (Vec<_>, Vec<_>) =
             batch.iter().cloned().partition(|(_, e)| e.test.is_some());
         for (_, e) in &tests {
@@ -2054,7 +2103,6 @@ impl Sender {
             });
             s.dirty = true;
         }
-        let alert = last.alert.as_ref().map(|a| a.event_type);
         let note = if let Some(t) = alert {
             let what = match t {
                 alerts::EventType::Alert => "Opened an ilert alert for",
@@ -2147,7 +2195,7 @@ impl Sender {
             }
         };
         if let (true, Some(p)) = (changed, problem) {
-            let message = match self.channel {
+            let message = match P::CHANNEL {
                 Channel::Deployments => p.message,
                 Channel::Alerts => format!("Alerts: {}", p.message),
             };
@@ -2298,9 +2346,9 @@ struct StatusWriter {
     namespace: String,
     name: String,
     reference: ObjectReference,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<DeploymentEvent>>,
     stats: Arc<Mutex<Stats>>,
-    alert_outbox: Arc<Outbox>,
+    alert_outbox: Arc<Outbox<alerts::AlertEvent>>,
     alert_stats: Arc<Mutex<Stats>>,
 }
 
@@ -2435,5 +2483,65 @@ impl StatusWriter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(event: Option<DeploymentEvent>) -> Entry {
+        Entry {
+            state: State::Pending,
+            workload: "Deployment/shop/web".into(),
+            event,
+            reported_outcome: None,
+            test: None,
+            alert: None,
+        }
+    }
+
+    fn event(value: &str) -> DeploymentEvent {
+        report::test_event("shop/p", "prod", value, Timestamp::now())
+    }
+
+    /// A claim reloaded as pending before its event was built (a lease lost and won back while
+    /// the ReplicaSets were listed) has no event: it must not take the place of the real one.
+    #[test]
+    fn an_entry_without_its_event_is_never_queued() {
+        let outbox = Outbox::<DeploymentEvent>::default();
+        let key = RolloutKey::test_event("1");
+        outbox.push(key.clone(), entry(None));
+        assert_eq!(outbox.len(), 0);
+        outbox.push(key.clone(), entry(Some(event("1"))));
+        let q = lock(&outbox.queue);
+        assert_eq!(q.items.len(), 1);
+        assert_eq!(q.items[0].payload, event("1"));
+        // The payload travels beside the entry, not twice.
+        assert_eq!(q.items[0].entry.event, None);
+        drop(q);
+        // An alerts queue takes only entries with an alert.
+        let alerts = Outbox::<alerts::AlertEvent>::default();
+        alerts.push(key, entry(Some(event("1"))));
+        assert_eq!(alerts.len(), 0);
+    }
+
+    #[test]
+    fn a_request_covers_exactly_the_entries_it_names() {
+        let events: Vec<DeploymentEvent> = (0..3).map(|i| event(&i.to_string())).collect();
+        let (take, body) = DeploymentEvent::request(&events, "prod", "key");
+        assert_eq!(take, 3);
+        assert_eq!(body["integrationKey"], "key");
+        assert!(
+            body["summary"].as_str().is_some_and(|s| s.contains('3')),
+            "{body}"
+        );
+        let (take, body) = DeploymentEvent::request(&events[..1], "prod", "key");
+        assert_eq!(take, 1);
+        assert_eq!(body["summary"], events[0].summary.as_str());
+        assert_eq!(
+            DeploymentEvent::request(&[], "prod", "key"),
+            (0, serde_json::Value::Null)
+        );
     }
 }
