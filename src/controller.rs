@@ -1,6 +1,7 @@
-//! kube-runtime wiring: watches Deployments, their ReplicaSets, Namespaces and IlertPipelines,
-//! decides per workload which pipelines owe an event, and runs one delivery task and one status
-//! task per pipeline.
+//! kube-runtime wiring: seven watches (Deployments, StatefulSets, DaemonSets, their ReplicaSets and
+//! ControllerRevisions, Namespaces, IlertPipelines) feed compact indexes; it decides per workload
+//! which pipelines owe an event, and runs one delivery task per channel (deployment events,
+//! alerts) and one status task per pipeline.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -733,7 +734,7 @@ pub async fn run(
 
 /// Retry timing of a failed watch: exponential with jitter, capped at 5 s. kube's default caps at
 /// 30 s, which after an API server outage costs up to a minute of blindness (30 s to find it back,
-/// 30 s more after the first 403 of its RBAC cache warming up). Four watches per controller:
+/// 30 s more after the first 403 of its RBAC cache warming up). Seven watches per controller:
 /// retrying every few seconds is no burden.
 #[derive(Default)]
 struct WatchBackoff {

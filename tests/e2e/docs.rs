@@ -149,3 +149,25 @@ fn documented_annotations_are_the_ones_the_controller_reads() {
     .collect();
     assert_same("annotations", docs, actual);
 }
+
+#[test]
+fn the_limitations_do_not_deny_a_kind_that_is_reported() {
+    let readme = readme();
+    let limitations = readme
+        .split("\nLimitations: ")
+        .nth(1)
+        .and_then(|s| s.split("\n\n").next())
+        .expect("README has a Limitations paragraph");
+    let reported = limitations
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .replace('\n', " ");
+    for kind in ilert_rollout_controller::rollout::Kind::ALL {
+        assert!(
+            reported.contains(&format!("{}s", kind.as_str())),
+            "README's limitations do not say that {kind}s are reported: {reported}"
+        );
+    }
+    assert!(!reported.contains("only"), "{reported}");
+}
