@@ -285,6 +285,8 @@ struct PipelineHandle {
     reference: ObjectReference,
     /// The status as last seen in the watch: a new leader continues its counters.
     last_status: IlertPipelineStatus,
+    /// Its labels, as last seen: with the spec, what a change must re-decide workloads for.
+    labels: BTreeMap<String, String>,
     /// The `ilert.com/test-event` annotation, and the value already queued.
     test_value: Option<String>,
     test_claimed: Option<String>,
@@ -877,7 +879,7 @@ impl Brain {
                     let uid = view.uid.clone();
                     self.workloads.insert(uid.clone(), view);
                     if self.all_synced() {
-                        self.evaluate_workload(&uid);
+                        self.evaluate_workload(&uid, "workload");
                     }
                 }
                 Event::Delete(view) => {
@@ -886,7 +888,7 @@ impl Brain {
                     // Its last state may hold a finished rollout not yet seen.
                     self.workloads.insert(uid.clone(), view);
                     if self.all_synced() {
-                        self.evaluate_workload(&uid);
+                        self.evaluate_workload(&uid, "workload");
                     }
                     self.workloads.remove(&uid);
                     for p in self.pipelines.values_mut() {
@@ -927,7 +929,7 @@ impl Brain {
                                 .map(|w| w.uid.clone())
                                 .collect();
                             for uid in uids {
-                                self.evaluate_workload(&uid);
+                                self.evaluate_workload(&uid, "namespace");
                             }
                         }
                     }
@@ -942,6 +944,7 @@ impl Brain {
                     if let Some(s) = self.init_pipelines.as_mut() {
                         s.insert(p.uid().unwrap_or_default());
                     }
+                    // after_resync decides every pipeline once all watches are in.
                     self.upsert_pipeline(&p);
                 }
                 Event::InitDone => {
@@ -959,9 +962,9 @@ impl Brain {
                     self.after_resync().await;
                 }
                 Event::Apply(p) => {
-                    let uid = self.upsert_pipeline(&p);
-                    if self.all_synced() {
-                        self.evaluate_pipeline(&uid);
+                    let (uid, selection_changed) = self.upsert_pipeline(&p);
+                    if selection_changed && self.all_synced() {
+                        self.evaluate_pipeline(&uid, "pipeline");
                     }
                 }
                 Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
@@ -993,7 +996,7 @@ impl Brain {
                     if revision != w.controller_revision {
                         w.controller_revision = revision;
                         if self.all_synced() {
-                            self.evaluate_workload(&owner);
+                            self.evaluate_workload(&owner, "workload");
                         }
                     }
                 }
@@ -1024,14 +1027,14 @@ impl Brain {
             // A standby keeps its caches and selection counts warm, and is ready.
             let uids: Vec<String> = self.pipelines.keys().cloned().collect();
             for uid in &uids {
-                self.evaluate_pipeline(uid);
+                self.evaluate_pipeline(uid, "resync");
             }
             self.declare_ready();
             return;
         }
         let uids: Vec<String> = self.pipelines.keys().cloned().collect();
         for uid in &uids {
-            self.evaluate_pipeline(uid);
+            self.evaluate_pipeline(uid, "resync");
         }
         let ledger = &self.shared.ledger;
         for stale in ledger
@@ -1078,21 +1081,33 @@ impl Brain {
         }
     }
 
-    fn upsert_pipeline(&mut self, p: &IlertPipeline) -> String {
+    /// Takes in a pipeline as the watch shows it. Returns its uid and whether what it selects may
+    /// have changed (new, or its spec or labels changed): our own status writes come back here
+    /// too, and they must not decide every workload again.
+    fn upsert_pipeline(&mut self, p: &IlertPipeline) -> (String, bool) {
         let uid = p.uid().unwrap_or_default();
         let namespace = p.namespace().unwrap_or_default();
-        let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         if let Some(h) = self.pipelines.get_mut(&uid) {
             h.last_status = p.status.clone().unwrap_or_default();
             h.test_value = p.annotations().get(TEST_EVENT_ANNOTATION).cloned();
             // Status writes come back as watch events: wake the sender only for a real spec change.
-            h.spec_tx.send_if_modified(|spec| {
+            let spec_changed = h.spec_tx.send_if_modified(|spec| {
                 let changed = *spec != p.spec;
                 if changed {
                     *spec = p.spec.clone();
                 }
                 changed
             });
+            let labels_changed = h.labels != *p.labels();
+            if labels_changed {
+                h.labels = p.labels().clone();
+            }
+            let generation_changed = lock(&h.stats).generation != p.metadata.generation;
+            if !spec_changed && !labels_changed && !generation_changed {
+                self.maybe_test_event(&uid);
+                return (uid, false);
+            }
+            let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
             let mut s = lock(&h.stats);
             let problem = sel.as_ref().err().cloned();
             // Our own status writes come back here: only a real change needs another write.
@@ -1115,8 +1130,9 @@ impl Brain {
             drop(a);
             h.selection = sel.ok();
             self.maybe_test_event(&uid);
-            return uid;
+            return (uid, true);
         }
+        let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         let stats = Arc::new(Mutex::new(Stats {
             generation: p.metadata.generation,
             config_problem: sel.as_ref().err().cloned(),
@@ -1144,6 +1160,7 @@ impl Brain {
             name: p.name_any(),
             reference: p.object_ref(&()),
             last_status: p.status.clone().unwrap_or_default(),
+            labels: p.labels().clone(),
             test_value: p.annotations().get(TEST_EVENT_ANNOTATION).cloned(),
             test_claimed: None,
             created,
@@ -1162,7 +1179,7 @@ impl Brain {
         }
         self.pipelines.insert(uid.clone(), handle);
         self.maybe_test_event(&uid);
-        uid
+        (uid, true)
     }
 
     async fn remove_pipeline(&mut self, uid: &str) {
@@ -1181,8 +1198,10 @@ impl Brain {
     }
 
     /// A pipeline changed: re-decide every workload for it (O(workloads), on pipeline changes only).
-    fn evaluate_pipeline(&mut self, pipeline_uid: &str) {
+    /// `trigger` names why, for the decisions metric.
+    fn evaluate_pipeline(&mut self, pipeline_uid: &str, trigger: &str) {
         let uids: Vec<String> = self.workloads.keys().cloned().collect();
+        self.shared.metrics.decided(trigger, uids.len());
         for uid in uids {
             self.evaluate_one(pipeline_uid, &uid);
         }
@@ -1194,7 +1213,7 @@ impl Brain {
     }
 
     /// A workload changed: work in proportion to the number of pipelines.
-    fn evaluate_workload(&mut self, workload_uid: &str) {
+    fn evaluate_workload(&mut self, workload_uid: &str, trigger: &str) {
         let started = std::time::Instant::now();
         self.shared.metrics.reconciles.inc();
         self.shared
@@ -1202,6 +1221,7 @@ impl Brain {
             .watched_workloads
             .set(self.workloads.len() as i64);
         let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
+        self.shared.metrics.decided(trigger, pipelines.len());
         for p in pipelines {
             let before = self.pipelines.get(&p).map(|h| h.selected.len());
             self.evaluate_one(&p, workload_uid);

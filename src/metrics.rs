@@ -72,6 +72,14 @@ pub fn kube_request_labels(method: &str, path: &str, query: Option<&str>) -> Kub
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// workload (one per pipeline), namespace (its labels changed: one per pipeline for each of
+    /// its workloads), pipeline (new, or its spec or labels changed: one per workload), resync
+    /// (after a re-list or a new lease: every pair).
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
 }
@@ -87,6 +95,7 @@ pub struct Metrics {
     pub pending: Family<PipelineLabels, Gauge>,
     pub rate_limit_waits: Counter,
     pub reconciles: Counter,
+    pub decisions: Family<DecisionLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub watched_workloads: Gauge,
@@ -139,6 +148,12 @@ impl Default for Metrics {
             "Workload changes decided against the pipelines",
             reconciles.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Workload and pipeline pairs decided, by what made them due (trigger)",
+            decisions.clone(),
+        );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -179,6 +194,7 @@ impl Default for Metrics {
             pending,
             rate_limit_waits,
             reconciles,
+            decisions,
             reconcile_errors,
             reconcile_duration,
             watched_workloads,
@@ -210,6 +226,15 @@ impl Metrics {
         self.kube_requests
             .get_or_create(&kube_request_labels(method, path, query))
             .inc();
+    }
+
+    /// Counts `n` workload and pipeline pairs decided because of `trigger`.
+    pub fn decided(&self, trigger: &str, n: usize) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                trigger: trigger.into(),
+            })
+            .inc_by(n as u64);
     }
 
     pub fn error(&self, error: &str) {

@@ -106,6 +106,7 @@ fn documented_metrics_match_the_registry() {
     m.event("Completed", "sent").inc();
     m.request("accepted");
     m.error("watch");
+    m.decided("workload", 1);
     m.kube_request("GET", "/api/v1/namespaces/ns/secrets/s", None);
     m.pending
         .get_or_create(&ilert_rollout_controller::metrics::PipelineLabels {
