@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A local stand-in for ilert's deployment events API, for `make demo`: prints every event as
 ilert would receive it (pretty JSON, integration key redacted) and answers 202 Accepted."""
+import argparse
 import json
-import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
@@ -26,6 +26,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    server = HTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
-    print(server.server_address[1], flush=True)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0: any free one")
+    parser.add_argument("--run-id", default="", help="names this receiver in its first line")
+    args = parser.parse_args()
+    server = HTTPServer(("127.0.0.1", args.port), Handler)
+    # One line, written at once: the demo waits for it, with this run's id, to learn the port.
+    print(f"receiver {args.run_id} listening on port {server.server_address[1]}, ready", flush=True)
     server.serve_forever()

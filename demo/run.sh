@@ -50,13 +50,26 @@ if [[ -n "${ILERT_INTEGRATION_KEY:-}" ]]; then
   key="$ILERT_INTEGRATION_KEY"
   say "sending to the real ilert API at $api_url"
 else
-  python3 demo/receiver.py > "$out/receiver.log" &
-  pids+=($!)
-  until [[ -s "$out/receiver.log" ]]; do sleep 0.1; done
-  api_url="http://127.0.0.1:$(head -1 "$out/receiver.log")"
+  # The last run's log is put aside first: its port line is not this receiver's, and the new
+  # receiver empties the file only once it starts, which may be after we looked.
+  log="$out/receiver.log"
+  [[ -f "$log" ]] && mv -f "$log" "$log.1"
+  run_id="$$-$RANDOM"
+  python3 demo/receiver.py --run-id "$run_id" > "$log" &
+  receiver=$!
+  pids+=("$receiver")
+  port=""
+  deadline=$((SECONDS + 15))
+  # Only the whole line of this run's receiver counts (", ready" ends it).
+  until port="$(sed -n "s/^receiver $run_id listening on port \([0-9][0-9]*\), ready\$/\1/p" "$log" 2>/dev/null)" && [[ -n "$port" ]]; do
+    kill -0 "$receiver" 2>/dev/null || { say "the local receiver stopped; see $log"; exit 1; }
+    (( SECONDS < deadline )) || { say "the local receiver did not start within 15 s; see $log"; exit 1; }
+    sleep 0.1
+  done
+  api_url="http://127.0.0.1:$port"
   key="ilapid-demo-key"
   say "sending to a local receiver that prints each event as ilert receives it (set ILERT_INTEGRATION_KEY to use ilert)"
-  tail -n +2 -f "$out/receiver.log" &
+  tail -n +2 -f "$log" &
   pids+=($!)
 fi
 kubectl -n "$NS" create secret generic ilert --from-literal=integrationKey="$key" >/dev/null

@@ -1,6 +1,7 @@
-//! kube-runtime wiring: watches Deployments, their ReplicaSets, Namespaces and IlertPipelines,
-//! decides per workload which pipelines owe an event, and runs one delivery task and one status
-//! task per pipeline.
+//! kube-runtime wiring: seven watches (Deployments, StatefulSets, DaemonSets, their ReplicaSets and
+//! ControllerRevisions, Namespaces, IlertPipelines) feed compact indexes; it decides per workload
+//! which pipelines owe an event, and runs one delivery task per channel (deployment events,
+//! alerts) and one status task per pipeline.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::alerts;
 use crate::ilert::{IlertClient, IntegrationKey, SendError};
@@ -208,9 +209,57 @@ impl Stats {
     }
 }
 
-struct QueuedEvent {
+/// What the entries of one queue send: a deployment event, or an alert. It is taken out of each
+/// entry as the entry is queued, so a queued entry always has one and a batch has a body for each
+/// of its entries.
+trait Payload: Clone + Send + Sync + 'static {
+    const CHANNEL: Channel;
+    /// The payload of a pending entry, taken out of it; None: it has nothing to send.
+    fn take_from(entry: &mut Entry) -> Option<Self>;
+    /// How many of `waiting` (oldest first) go out in one request, and its body.
+    fn request(waiting: &[Self], cluster: &str, key: &str) -> (usize, serde_json::Value);
+    fn alert_type(&self) -> Option<alerts::EventType> {
+        None
+    }
+}
+
+impl Payload for DeploymentEvent {
+    const CHANNEL: Channel = Channel::Deployments;
+    fn take_from(entry: &mut Entry) -> Option<Self> {
+        entry.event.take()
+    }
+    fn request(waiting: &[Self], cluster: &str, key: &str) -> (usize, serde_json::Value) {
+        let take = report::combinable(waiting, cluster).min(waiting.len());
+        match &waiting[..take] {
+            [] => (0, serde_json::Value::Null),
+            events => (take, report::body(&report::combine(events, cluster), key)),
+        }
+    }
+}
+
+/// Never combined: each has its workload's alert key.
+impl Payload for alerts::AlertEvent {
+    const CHANNEL: Channel = Channel::Alerts;
+    fn take_from(entry: &mut Entry) -> Option<Self> {
+        entry.alert.take()
+    }
+    fn request(waiting: &[Self], _cluster: &str, key: &str) -> (usize, serde_json::Value) {
+        match waiting.first() {
+            Some(alert) => (1, report::body(alert, key)),
+            None => (0, serde_json::Value::Null),
+        }
+    }
+    fn alert_type(&self) -> Option<alerts::EventType> {
+        Some(self.event_type)
+    }
+}
+
+#[derive(Clone)]
+struct QueuedEvent<P> {
     key: RolloutKey,
+    /// The ledger entry, without its payload.
     entry: Entry,
+    payload: P,
     /// When it was queued (a rollout seen finished, or a pending one reloaded).
     queued_at: Instant,
     /// Inherited from a previous leader, whose request for it may still be on the wire: waits
@@ -219,28 +268,51 @@ struct QueuedEvent {
 }
 
 /// Events waiting for delivery, oldest first; each rollout at most once.
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<QueuedEvent>,
+struct Queue<P> {
+    items: VecDeque<QueuedEvent<P>>,
     keys: HashSet<RolloutKey>,
 }
 
-#[derive(Default)]
-struct Outbox {
-    queue: Mutex<Queue>,
+struct Outbox<P> {
+    queue: Mutex<Queue<P>>,
     notify: Notify,
 }
 
-impl Outbox {
+impl<P> Default for Outbox<P> {
+    fn default() -> Self {
+        Outbox {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                keys: HashSet::new(),
+            }),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl<P: Payload> Outbox<P> {
     /// Queues an event unless it already waits (a pending entry reloaded from the ledger and a
-    /// late hand-over of the same rollout after a leadership change).
-    fn push(&self, item: QueuedEvent) {
+    /// late hand-over of the same rollout after a leadership change). An entry with nothing to
+    /// send (a claim reloaded before its event was built) is left out, so it neither takes the
+    /// place of the real one nor reaches a batch.
+    /// `held`: inherited from a previous leader (see [`QueuedEvent::held`]).
+    fn push(&self, key: RolloutKey, mut entry: Entry, held: bool) {
+        let Some(payload) = P::take_from(&mut entry) else {
+            error!(workload = %entry.workload, revision = key.revision, channel = ?P::CHANNEL, "a pending entry has nothing to send; left out of the queue");
+            return;
+        };
         {
             let mut q = lock(&self.queue);
-            if !q.keys.insert(item.key.clone()) {
+            if !q.keys.insert(key.clone()) {
                 return;
             }
-            q.items.push_back(item);
+            q.items.push_back(QueuedEvent {
+                key,
+                entry,
+                payload,
+                queued_at: Instant::now(),
+                held,
+            });
         }
         self.notify.notify_one();
     }
@@ -253,6 +325,16 @@ impl Outbox {
         let mut q = lock(&self.queue);
         q.items.clear();
         q.keys.clear();
+    }
+
+    /// The previous leader's requests have ended: what it delivered meanwhile (`delivered`)
+    /// leaves the queue, the rest of what was inherited may go.
+    fn inherited_done(&self, pipeline: &str, delivered: Option<&Vec<RolloutKey>>) {
+        if let Some(keys) = delivered {
+            info!(pipeline = %pipeline, events = keys.len(), channel = ?P::CHANNEL, "the previous leader delivered these after the takeover; not sent again");
+            self.remove(&keys.iter().collect());
+        }
+        self.release_held();
     }
 
     /// Lets inherited events go (their previous leader's requests have ended by now).
@@ -307,6 +389,8 @@ struct PipelineHandle {
     reference: ObjectReference,
     /// The status as last seen in the watch: a new leader continues its counters.
     last_status: IlertPipelineStatus,
+    /// Its labels, as last seen: with the spec, what a change must re-decide workloads for.
+    labels: BTreeMap<String, String>,
     /// The `ilert.com/test-event` annotation, and the value already queued.
     test_value: Option<String>,
     test_claimed: Option<String>,
@@ -314,10 +398,10 @@ struct PipelineHandle {
     spec_tx: watch::Sender<IlertPipelineSpec>,
     selection: Option<Selection>,
     selected: HashSet<String>,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<DeploymentEvent>>,
     stats: Arc<Mutex<Stats>>,
     /// Alerts and resolves (`spec.alerts`): their own queue, ledger and counters.
-    alert_outbox: Arc<Outbox>,
+    alert_outbox: Arc<Outbox<alerts::AlertEvent>>,
     alert_stats: Arc<Mutex<Stats>>,
     /// Wakes the deployment sender to read its key while a selected workload rolls out.
     warm: Arc<Notify>,
@@ -335,28 +419,21 @@ impl PipelineHandle {
         let (deposed_tx, deposed) = watch::channel(false);
         self.deposed = Some(deposed_tx);
         let alerts_ledger = alerts::ledger_id(&self.uid);
-        for (outbox, ledger_id) in [
-            (&self.outbox, &self.uid),
-            (&self.alert_outbox, &alerts_ledger),
-        ] {
-            let mut pending = shared.ledger.pending(ledger_id);
-            // Key order puts (revision, Completed) before (revision, Failed): the ALERT of a
-            // revision that failed and then recovered must go out before its RESOLVE.
-            pending.sort_by_key(|(k, e)| {
-                let resolve = e
-                    .alert
-                    .as_ref()
-                    .is_some_and(|a| a.event_type == alerts::EventType::Resolve);
-                (k.workload_uid.clone(), k.revision, resolve)
-            });
-            for (key, entry) in pending {
-                outbox.push(QueuedEvent {
-                    key,
-                    entry,
-                    queued_at: Instant::now(),
-                    held: hold,
-                });
-            }
+        for (key, entry) in shared.ledger.pending(&self.uid) {
+            self.outbox.push(key, entry, hold);
+        }
+        let mut pending = shared.ledger.pending(&alerts_ledger);
+        // Key order puts (revision, Completed) before (revision, Failed): the ALERT of a
+        // revision that failed and then recovered must go out before its RESOLVE.
+        pending.sort_by_key(|(k, e)| {
+            let resolve = e
+                .alert
+                .as_ref()
+                .is_some_and(|a| a.event_type == alerts::EventType::Resolve);
+            (k.workload_uid.clone(), k.revision, resolve)
+        });
+        for (key, entry) in pending {
+            self.alert_outbox.push(key, entry, hold);
         }
         {
             let mut s = lock(&self.stats);
@@ -377,30 +454,31 @@ impl PipelineHandle {
             s.accepted = s.sent > 0;
             s.dirty = true;
         }
-        let sender = |channel, uid: &str, outbox: &Arc<Outbox>, stats: &Arc<Mutex<Stats>>| Sender {
+        let deployments = Sender {
             shared: shared.clone(),
-            warm: match channel {
-                Channel::Deployments => self.warm.clone(),
-                // Alerts follow a progress deadline of minutes: nothing to gain.
-                Channel::Alerts => Arc::new(Notify::new()),
-            },
-            channel,
-            uid: uid.to_string(),
+            warm: self.warm.clone(),
+            uid: self.uid.clone(),
             namespace: self.namespace.clone(),
             reference: self.reference.clone(),
-            outbox: outbox.clone(),
-            stats: stats.clone(),
+            outbox: self.outbox.clone(),
+            stats: self.stats.clone(),
             spec: self.spec_tx.subscribe(),
             shutdown: shared.shutdown.clone(),
             deposed: deposed.clone(),
         };
-        let deployments = sender(Channel::Deployments, &self.uid, &self.outbox, &self.stats);
-        let alerts = sender(
-            Channel::Alerts,
-            &alerts_ledger,
-            &self.alert_outbox,
-            &self.alert_stats,
-        );
+        let alerts = Sender {
+            shared: shared.clone(),
+            // Alerts follow a progress deadline of minutes: nothing to gain.
+            warm: Arc::new(Notify::new()),
+            uid: alerts_ledger,
+            namespace: self.namespace.clone(),
+            reference: self.reference.clone(),
+            outbox: self.alert_outbox.clone(),
+            stats: self.alert_stats.clone(),
+            spec: self.spec_tx.subscribe(),
+            shutdown: shared.shutdown.clone(),
+            deposed: deposed.clone(),
+        };
         let status = StatusWriter {
             shared: shared.clone(),
             uid: self.uid.clone(),
@@ -822,7 +900,7 @@ pub async fn run(
 
 /// Retry timing of a failed watch: exponential with jitter, capped at 5 s. kube's default caps at
 /// 30 s, which after an API server outage costs up to a minute of blindness (30 s to find it back,
-/// 30 s more after the first 403 of its RBAC cache warming up). Four watches per controller:
+/// 30 s more after the first 403 of its RBAC cache warming up). Seven watches per controller:
 /// retrying every few seconds is no burden.
 #[derive(Default)]
 struct WatchBackoff {
@@ -943,16 +1021,10 @@ impl Brain {
         match self.shared.ledger.catch_up().await {
             Ok(done) => {
                 for h in self.pipelines.values() {
-                    for (id, outbox) in [
-                        (h.uid.clone(), &h.outbox),
-                        (alerts::ledger_id(&h.uid), &h.alert_outbox),
-                    ] {
-                        if let Some(keys) = done.get(&id) {
-                            info!(pipeline = %format!("{}/{}", h.namespace, h.name), events = keys.len(), "the previous leader delivered these after the takeover; not sent again");
-                            outbox.remove(&keys.iter().collect());
-                        }
-                        outbox.release_held();
-                    }
+                    let pipeline = format!("{}/{}", h.namespace, h.name);
+                    h.outbox.inherited_done(&pipeline, done.get(&h.uid));
+                    h.alert_outbox
+                        .inherited_done(&pipeline, done.get(&alerts::ledger_id(&h.uid)));
                 }
                 self.catch_up_at = None;
             }
@@ -1025,7 +1097,7 @@ impl Brain {
                     let uid = view.uid.clone();
                     self.workloads.insert(uid.clone(), view);
                     if self.all_synced() {
-                        self.evaluate_workload(&uid);
+                        self.evaluate_workload(&uid, "workload");
                     }
                 }
                 Event::Delete(view) => {
@@ -1034,7 +1106,7 @@ impl Brain {
                     // Its last state may hold a finished rollout not yet seen.
                     self.workloads.insert(uid.clone(), view);
                     if self.all_synced() {
-                        self.evaluate_workload(&uid);
+                        self.evaluate_workload(&uid, "workload");
                     }
                     self.workloads.remove(&uid);
                     for p in self.pipelines.values_mut() {
@@ -1081,7 +1153,7 @@ impl Brain {
                                 .map(|w| w.uid.clone())
                                 .collect();
                             for uid in uids {
-                                self.evaluate_workload(&uid);
+                                self.evaluate_workload(&uid, "namespace");
                             }
                         }
                     }
@@ -1096,6 +1168,7 @@ impl Brain {
                     if let Some(s) = self.init_pipelines.as_mut() {
                         s.insert(p.uid().unwrap_or_default());
                     }
+                    // after_resync decides every pipeline once all watches are in.
                     self.upsert_pipeline(&p);
                 }
                 Event::InitDone => {
@@ -1113,9 +1186,9 @@ impl Brain {
                     self.after_resync().await;
                 }
                 Event::Apply(p) => {
-                    let uid = self.upsert_pipeline(&p);
-                    if self.all_synced() {
-                        self.evaluate_pipeline(&uid);
+                    let (uid, selection_changed) = self.upsert_pipeline(&p);
+                    if selection_changed && self.all_synced() {
+                        self.evaluate_pipeline(&uid, "pipeline");
                     }
                 }
                 Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
@@ -1142,7 +1215,7 @@ impl Brain {
                     if current != w.current_replica_set {
                         w.current_replica_set = current;
                         if self.all_synced() {
-                            self.evaluate_workload(&owner);
+                            self.evaluate_workload(&owner, "workload");
                         }
                     }
                 }
@@ -1169,7 +1242,7 @@ impl Brain {
                     if revision != w.controller_revision {
                         w.controller_revision = revision;
                         if self.all_synced() {
-                            self.evaluate_workload(&owner);
+                            self.evaluate_workload(&owner, "workload");
                         }
                     }
                 }
@@ -1203,14 +1276,14 @@ impl Brain {
             // A standby keeps its caches and selection counts warm, and is ready.
             let uids: Vec<String> = self.pipelines.keys().cloned().collect();
             for uid in &uids {
-                self.evaluate_pipeline(uid);
+                self.evaluate_pipeline(uid, "resync");
             }
             self.declare_ready();
             return;
         }
         let uids: Vec<String> = self.pipelines.keys().cloned().collect();
         for uid in &uids {
-            self.evaluate_pipeline(uid);
+            self.evaluate_pipeline(uid, "resync");
         }
         self.forget_deleted_pipelines().await;
         let ledger = &self.shared.ledger;
@@ -1280,21 +1353,33 @@ impl Brain {
         }
     }
 
-    fn upsert_pipeline(&mut self, p: &IlertPipeline) -> String {
+    /// Takes in a pipeline as the watch shows it. Returns its uid and whether what it selects may
+    /// have changed (new, or its spec or labels changed): our own status writes come back here
+    /// too, and they must not decide every workload again.
+    fn upsert_pipeline(&mut self, p: &IlertPipeline) -> (String, bool) {
         let uid = p.uid().unwrap_or_default();
         let namespace = p.namespace().unwrap_or_default();
-        let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         if let Some(h) = self.pipelines.get_mut(&uid) {
             h.last_status = p.status.clone().unwrap_or_default();
             h.test_value = p.annotations().get(TEST_EVENT_ANNOTATION).cloned();
             // Status writes come back as watch events: wake the sender only for a real spec change.
-            h.spec_tx.send_if_modified(|spec| {
+            let spec_changed = h.spec_tx.send_if_modified(|spec| {
                 let changed = *spec != p.spec;
                 if changed {
                     *spec = p.spec.clone();
                 }
                 changed
             });
+            let labels_changed = h.labels != *p.labels();
+            if labels_changed {
+                h.labels = p.labels().clone();
+            }
+            let generation_changed = lock(&h.stats).generation != p.metadata.generation;
+            if !spec_changed && !labels_changed && !generation_changed {
+                self.maybe_test_event(&uid);
+                return (uid, false);
+            }
+            let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
             let mut s = lock(&h.stats);
             let problem = sel.as_ref().err().cloned();
             // Our own status writes come back here: only a real change needs another write.
@@ -1317,8 +1402,9 @@ impl Brain {
             drop(a);
             h.selection = sel.ok();
             self.maybe_test_event(&uid);
-            return uid;
+            return (uid, true);
         }
+        let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         let stats = Arc::new(Mutex::new(Stats {
             generation: p.metadata.generation,
             config_problem: sel.as_ref().err().cloned(),
@@ -1346,6 +1432,7 @@ impl Brain {
             name: p.name_any(),
             reference: p.object_ref(&()),
             last_status: p.status.clone().unwrap_or_default(),
+            labels: p.labels().clone(),
             test_value: p.annotations().get(TEST_EVENT_ANNOTATION).cloned(),
             test_claimed: None,
             created,
@@ -1365,7 +1452,7 @@ impl Brain {
         }
         self.pipelines.insert(uid.clone(), handle);
         self.maybe_test_event(&uid);
-        uid
+        (uid, true)
     }
 
     /// A pipeline left this instance's watch: deleted, or relabelled out of `--pipeline-selector`
@@ -1403,8 +1490,10 @@ impl Brain {
     }
 
     /// A pipeline changed: re-decide every workload for it (O(workloads), on pipeline changes only).
-    fn evaluate_pipeline(&mut self, pipeline_uid: &str) {
+    /// `trigger` names why, for the decisions metric.
+    fn evaluate_pipeline(&mut self, pipeline_uid: &str, trigger: &str) {
         let uids: Vec<String> = self.workloads.keys().cloned().collect();
+        self.shared.metrics.decided(trigger, uids.len());
         for uid in uids {
             self.evaluate_one(pipeline_uid, &uid);
         }
@@ -1416,7 +1505,7 @@ impl Brain {
     }
 
     /// A workload changed: work in proportion to the number of pipelines.
-    fn evaluate_workload(&mut self, workload_uid: &str) {
+    fn evaluate_workload(&mut self, workload_uid: &str, trigger: &str) {
         let started = std::time::Instant::now();
         self.shared.metrics.reconciles.inc();
         self.shared
@@ -1424,6 +1513,7 @@ impl Brain {
             .watched_workloads
             .set(self.workloads.len() as i64);
         let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
+        self.shared.metrics.decided(trigger, pipelines.len());
         for p in pipelines {
             let before = self.pipelines.get(&p).map(|h| h.selected.len());
             self.evaluate_one(&p, workload_uid);
@@ -1694,9 +1784,13 @@ struct ToQueue {
     finished: Finished,
     templates: Option<Arc<Templates>>,
     /// The deployment event's queue, when it is to be reported.
-    outbox: Option<Arc<Outbox>>,
+    outbox: Option<Arc<Outbox<DeploymentEvent>>>,
     /// The alert or resolve, its priority and the alerts queue.
-    alert: Option<(alerts::Action, Option<AlertPriority>, Arc<Outbox>)>,
+    alert: Option<(
+        alerts::Action,
+        Option<AlertPriority>,
+        Arc<Outbox<alerts::AlertEvent>>,
+    )>,
 }
 
 impl ToQueue {
@@ -1767,9 +1861,9 @@ fn template_warnings(
 /// crash before the pending write is on the API server loses nothing that waiting for it would
 /// have saved (the rollout is decided again from the workload), and a crash after ilert's 202 but
 /// before the sent write repeats the event either way.
-fn record_and_queue(
+fn record_and_queue<P: Payload>(
     shared: &Shared,
-    outbox: &Outbox,
+    outbox: &Outbox<P>,
     pipeline_uid: &str,
     key: RolloutKey,
     entry: Entry,
@@ -1777,12 +1871,7 @@ fn record_and_queue(
     shared
         .ledger
         .record(pipeline_uid, &[(key.clone(), entry.clone())]);
-    outbox.push(QueuedEvent {
-        key,
-        entry,
-        queued_at: Instant::now(),
-        held: false,
-    });
+    outbox.push(key, entry, false);
 }
 
 /// Reads the ReplicaSets of a workload: rollback detection, previous images, start time.
@@ -1824,6 +1913,8 @@ type Batch = Vec<(RolloutKey, Entry)>;
 /// One request's answer, back from its task (its outcome already handed to the ledger).
 struct Done {
     batch: Batch,
+    /// For an alert: whether it opened or resolved one.
+    alert: Option<alerts::EventType>,
     key: IntegrationKey,
     result: Result<(), SendError>,
     /// How long each event of the batch waited from being queued to ilert's answer.
@@ -1833,14 +1924,13 @@ struct Done {
 /// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries, up to
 /// [`MAX_IN_FLIGHT`] requests at once (never two for the same workload).
 #[derive(Clone)]
-struct Sender {
+struct Sender<P> {
     shared: Arc<Shared>,
-    channel: Channel,
     /// The ledger the channel records in: the pipeline's uid, or its alerts ledger.
     uid: String,
     namespace: String,
     reference: ObjectReference,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<P>>,
     stats: Arc<Mutex<Stats>>,
     spec: watch::Receiver<IlertPipelineSpec>,
     shutdown: watch::Receiver<bool>,
@@ -1912,7 +2002,7 @@ struct Delivery {
 }
 
 impl Delivery {
-    fn sendable(&self, item: &QueuedEvent) -> bool {
+    fn sendable<P>(&self, item: &QueuedEvent<P>) -> bool {
         !item.held
             && !self.in_flight.contains(&item.key)
             && !self.busy_workloads.contains(&item.key.workload_uid)
@@ -1929,7 +2019,7 @@ fn answered(joined: Result<Done, JoinError>) -> Option<Done> {
     }
 }
 
-impl Sender {
+impl<P: Payload> Sender<P> {
     /// Delivers until SIGTERM or the lease is lost. `again`: started again after a failure, when
     /// requests that were on the wire may have been answered and recorded without being settled.
     async fn run(mut self, again: bool) -> Ended {
@@ -1981,7 +2071,7 @@ impl Sender {
                     q.items.iter().filter(|i| d.sendable(i)).count(),
                 )
             };
-            if self.channel == Channel::Deployments {
+            if P::CHANNEL == Channel::Deployments {
                 pending_gauge.set(waiting as i64);
             }
             {
@@ -1997,7 +2087,7 @@ impl Sender {
             } else {
                 MAX_IN_FLIGHT
             };
-            let paused = spec.suspend || self.channel.secret_ref(&spec).is_none();
+            let paused = spec.suspend || P::CHANNEL.secret_ref(&spec).is_none();
             if d.needs_read && !paused && d.resume_at.is_none_or(|t| t <= now) {
                 // A failed read set a backoff (resume_at) and is tried again after it.
                 if self.key(&spec, &mut d).await.is_some() {
@@ -2056,7 +2146,8 @@ impl Sender {
                 d.resume_at = Some(r.retry_at.min(Instant::now() + Duration::from_secs(5)));
                 continue;
             }
-            let n = match self.budget(&key, |b| b.plan(sendable, now)) {
+            // Checked and counted under one lock: pipelines on the same key share its budget.
+            let n = match self.budget(&key, |b| b.reserve(sendable, Instant::now())) {
                 Plan::WaitUntil(t) => {
                     self.shared.metrics.rate_limit_waits.inc();
                     d.resume_at = Some(t);
@@ -2064,47 +2155,30 @@ impl Sender {
                 }
                 Plan::Send(n) => n,
             };
-            let (batch, queued_at): (Batch, Vec<Instant>) = {
-                let q = lock(&self.outbox.queue);
-                q.items
-                    .iter()
-                    .filter(|i| d.sendable(i))
-                    .take(n)
-                    .map(|i| ((i.key.clone(), i.entry.clone()), i.queued_at))
-                    .unzip()
-            };
-            let (batch, queued_at, body) = match self.channel {
-                Channel::Deployments => {
-                    let events: Vec<DeploymentEvent> =
-                        batch.iter().filter_map(|(_, e)| e.event.clone()).collect();
-                    let cluster = &self.shared.cfg.cluster_name;
-                    let take = report::combinable(&events, cluster).min(batch.len());
-                    let mut batch = batch;
-                    batch.truncate(take);
-                    let mut queued_at = queued_at;
-                    queued_at.truncate(take);
-                    let body =
-                        report::body(&report::combine(&events[..take], cluster), key.expose());
-                    (batch, queued_at, body)
-                }
-                Channel::Alerts => {
-                    let mut batch = batch;
-                    batch.truncate(1);
-                    let mut queued_at = queued_at;
-                    queued_at.truncate(1);
-                    let body = match batch.first().and_then(|(_, e)| e.alert.as_ref()) {
-                        Some(alert) => report::body(alert, key.expose()),
-                        None => serde_json::Value::Null,
-                    };
-                    (batch, queued_at, body)
-                }
-            };
-            self.budget(&key, |b| b.take(Instant::now()));
+            let picked: Vec<QueuedEvent<P>> = lock(&self.outbox.queue)
+                .items
+                .iter()
+                .filter(|i| d.sendable(i))
+                .take(n)
+                .cloned()
+                .collect();
+            let payloads: Vec<P> = picked.iter().map(|i| i.payload.clone()).collect();
+            let (take, body) = P::request(&payloads, &self.shared.cfg.cluster_name, key.expose());
+            let picked = &picked[..take];
+            if picked.is_empty() {
+                continue;
+            }
+            let batch: Batch = picked
+                .iter()
+                .map(|i| (i.key.clone(), i.entry.clone()))
+                .collect();
+            let queued_at: Vec<Instant> = picked.iter().map(|i| i.queued_at).collect();
+            let alert = picked.last().and_then(|i| i.payload.alert_type());
             for (k, _) in &batch {
                 d.in_flight.insert(k.clone());
                 d.busy_workloads.insert(k.workload_uid.clone());
             }
-            let (shared, uid, channel) = (self.shared.clone(), self.uid.clone(), self.channel);
+            let (shared, uid, channel) = (self.shared.clone(), self.uid.clone(), P::CHANNEL);
             tasks.spawn(async move {
                 let started = std::time::Instant::now();
                 let result = match channel {
@@ -2135,6 +2209,7 @@ impl Sender {
                 }
                 Done {
                     batch,
+                    alert,
                     key,
                     result,
                     waited,
@@ -2181,7 +2256,7 @@ impl Sender {
                 }
                 let at = Instant::now();
                 (
-                    read_key(&self.shared.client, &self.namespace, spec, self.channel).await,
+                    read_key(&self.shared.client, &self.namespace, spec, P::CHANNEL).await,
                     at,
                 )
             }
@@ -2207,8 +2282,7 @@ impl Sender {
 
     /// The key was read: status names the Secret, and a problem reading it is over.
     async fn key_read(&self, spec: &IlertPipelineSpec) {
-        let from = self
-            .channel
+        let from = P::CHANNEL
             .secret_ref(spec)
             .map(|(r, _)| format!("{}/{} key {}", self.namespace, r.name, r.key));
         let secret_problem = {
@@ -2239,7 +2313,7 @@ impl Sender {
             self.shared.client.clone(),
             self.namespace.clone(),
             spec.clone(),
-            self.channel,
+            P::CHANNEL,
         );
         d.refresh = Some(tokio::spawn(async move {
             let at = Instant::now();
@@ -2252,7 +2326,7 @@ impl Sender {
     fn warm_key(&self, spec: &IlertPipelineSpec, d: &mut Delivery) {
         // After a failed read, only key() reads again (with its backoff, and it reports why):
         // warming must not turn a missing Secret into a GET per workload update.
-        if spec.suspend || self.channel.secret_ref(spec).is_none() || d.secret_failures > 0 {
+        if spec.suspend || P::CHANNEL.secret_ref(spec).is_none() || d.secret_failures > 0 {
             return;
         }
         // A read that finished meanwhile: its key is kept with the time of the read.
@@ -2276,6 +2350,7 @@ impl Sender {
     async fn settle(&mut self, d: &mut Delivery, done: Done) {
         let Done {
             batch,
+            alert,
             key,
             result,
             waited,
@@ -2293,7 +2368,7 @@ impl Sender {
                 d.failures = 0;
                 d.rejected = None;
                 self.finished(batch, "sent");
-                self.delivered(batch).await;
+                self.delivered(batch, alert).await;
                 self.set_problem(None).await;
             }
             Err(SendError::RateLimited { retry_after }) => {
@@ -2349,14 +2424,13 @@ impl Sender {
                 });
                 d.key = None;
                 let spec = self.spec.borrow().clone();
-                let (secret, key_name) = self
-                    .channel
+                let (secret, key_name) = P::CHANNEL
                     .secret_ref(&spec)
                     .map(|(r, _)| (r.name.clone(), r.key.clone()))
                     .unwrap_or_default();
                 let message = format!(
                     "{e}. Put the integration key of {} into Secret {}/{secret} key {key_name}; {} events wait and go out once the key changes",
-                    self.channel.key_owner(),
+                    P::CHANNEL.key_owner(),
                     self.namespace,
                     self.outbox.len()
                 );
@@ -2394,7 +2468,7 @@ impl Sender {
     fn budget<R>(&self, key: &IntegrationKey, f: impl FnOnce(&mut Budget) -> R) -> R {
         let mut budgets = lock(&self.shared.budgets);
         f(budgets.entry(key.clone()).or_insert_with(|| {
-            Budget::new(match self.channel {
+            Budget::new(match P::CHANNEL {
                 Channel::Deployments => self.shared.cfg.rate_limit_per_minute,
                 Channel::Alerts => self.shared.cfg.alert_rate_limit_per_minute,
             })
@@ -2413,7 +2487,7 @@ impl Sender {
     fn finished(&self, batch: &[(RolloutKey, Entry)], result: &str) {
         let keys: HashSet<&RolloutKey> = batch.iter().map(|(k, _)| k).collect();
         self.outbox.remove(&keys);
-        if self.channel == Channel::Alerts {
+        if P::CHANNEL == Channel::Alerts {
             return;
         }
         for (k, e) in batch.iter().filter(|(_, e)| e.test.is_none()) {
@@ -2424,7 +2498,7 @@ impl Sender {
         }
     }
 
-    async fn delivered(&self, batch: &[(RolloutKey, Entry)]) {
+    async fn delivered(&self, batch: &[(RolloutKey, Entry)], alert: Option<alerts::EventType>) {
         let (tests, rollouts): (Vec<_>, Vec<_>) =
             batch.iter().cloned().partition(|(_, e)| e.test.is_some());
         for (_, e) in &tests {
@@ -2455,7 +2529,6 @@ impl Sender {
             });
             s.dirty = true;
         }
-        let alert = last.alert.as_ref().map(|a| a.event_type);
         let note = if let Some(t) = alert {
             let what = match t {
                 alerts::EventType::Alert => "Opened an ilert alert for",
@@ -2548,7 +2621,7 @@ impl Sender {
             }
         };
         if let (true, Some(p)) = (changed, problem) {
-            let message = match self.channel {
+            let message = match P::CHANNEL {
                 Channel::Deployments => p.message,
                 Channel::Alerts => format!("Alerts: {}", p.message),
             };
@@ -2701,9 +2774,9 @@ struct StatusWriter {
     namespace: String,
     name: String,
     reference: ObjectReference,
-    outbox: Arc<Outbox>,
+    outbox: Arc<Outbox<DeploymentEvent>>,
     stats: Arc<Mutex<Stats>>,
-    alert_outbox: Arc<Outbox>,
+    alert_outbox: Arc<Outbox<alerts::AlertEvent>>,
     alert_stats: Arc<Mutex<Stats>>,
 }
 
@@ -2864,5 +2937,65 @@ impl StatusWriter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(event: Option<DeploymentEvent>) -> Entry {
+        Entry {
+            state: State::Pending,
+            workload: "Deployment/shop/web".into(),
+            event,
+            reported_outcome: None,
+            test: None,
+            alert: None,
+        }
+    }
+
+    fn event(value: &str) -> DeploymentEvent {
+        report::test_event("shop/p", "prod", value, Timestamp::now())
+    }
+
+    /// A claim reloaded as pending before its event was built (a lease lost and won back while
+    /// the ReplicaSets were listed) has no event: it must not take the place of the real one.
+    #[test]
+    fn an_entry_without_its_event_is_never_queued() {
+        let outbox = Outbox::<DeploymentEvent>::default();
+        let key = RolloutKey::test_event("1");
+        outbox.push(key.clone(), entry(None), false);
+        assert_eq!(outbox.len(), 0);
+        outbox.push(key.clone(), entry(Some(event("1"))), false);
+        let q = lock(&outbox.queue);
+        assert_eq!(q.items.len(), 1);
+        assert_eq!(q.items[0].payload, event("1"));
+        // The payload travels beside the entry, not twice.
+        assert_eq!(q.items[0].entry.event, None);
+        drop(q);
+        // An alerts queue takes only entries with an alert.
+        let alerts = Outbox::<alerts::AlertEvent>::default();
+        alerts.push(key, entry(Some(event("1"))), false);
+        assert_eq!(alerts.len(), 0);
+    }
+
+    #[test]
+    fn a_request_covers_exactly_the_entries_it_names() {
+        let events: Vec<DeploymentEvent> = (0..3).map(|i| event(&i.to_string())).collect();
+        let (take, body) = DeploymentEvent::request(&events, "prod", "key");
+        assert_eq!(take, 3);
+        assert_eq!(body["integrationKey"], "key");
+        assert!(
+            body["summary"].as_str().is_some_and(|s| s.contains('3')),
+            "{body}"
+        );
+        let (take, body) = DeploymentEvent::request(&events[..1], "prod", "key");
+        assert_eq!(take, 1);
+        assert_eq!(body["summary"], events[0].summary.as_str());
+        assert_eq!(
+            DeploymentEvent::request(&[], "prod", "key"),
+            (0, serde_json::Value::Null)
+        );
     }
 }

@@ -78,6 +78,14 @@ pub struct TaskLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// workload (one per pipeline), namespace (its labels changed: one per pipeline for each of
+    /// its workloads), pipeline (new, or its spec or labels changed: one per workload), resync
+    /// (after a re-list or a new lease: every pair).
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
 }
@@ -97,6 +105,7 @@ pub struct Metrics {
     pub ledger_unstored: Family<PipelineLabels, Gauge>,
     pub rate_limit_waits: Counter,
     pub reconciles: Counter,
+    pub decisions: Family<DecisionLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub watched_workloads: Gauge,
@@ -162,6 +171,12 @@ impl Default for Metrics {
             "Workload changes decided against the pipelines",
             reconciles.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Workload and pipeline pairs decided, by what made them due (trigger)",
+            decisions.clone(),
+        );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -211,6 +226,7 @@ impl Default for Metrics {
             ledger_unstored,
             rate_limit_waits,
             reconciles,
+            decisions,
             reconcile_errors,
             reconcile_duration,
             watched_workloads,
@@ -249,6 +265,15 @@ impl Metrics {
         self.task_restarts
             .get_or_create(&TaskLabels { task: task.into() })
             .inc();
+    }
+
+    /// Counts `n` workload and pipeline pairs decided because of `trigger`.
+    pub fn decided(&self, trigger: &str, n: usize) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                trigger: trigger.into(),
+            })
+            .inc_by(n as u64);
     }
 
     pub fn error(&self, error: &str) {

@@ -47,8 +47,19 @@ impl Budget {
         }
     }
 
-    /// Decides what to do with `waiting` events (> 0) now.
-    pub fn plan(&mut self, waiting: usize, now: Instant) -> Plan {
+    /// Decides what to do with `waiting` events (> 0) now and, when that is to send, counts the
+    /// request at once. Pipelines that share a key share its budget: a check apart from the count
+    /// would let two of them through on the same slot.
+    pub fn reserve(&mut self, waiting: usize, now: Instant) -> Plan {
+        let plan = self.plan(waiting, now);
+        if let Plan::Send(_) = plan {
+            self.forget_old(now);
+            self.sent.push_back(now);
+        }
+        plan
+    }
+
+    fn plan(&mut self, waiting: usize, now: Instant) -> Plan {
         if let Some(until) = self.blocked_until {
             if now < until {
                 return Plan::WaitUntil(until);
@@ -76,12 +87,6 @@ impl Budget {
             Some(last) if now < *last + spacing => Plan::WaitUntil(*last + spacing),
             _ => Plan::Send(waiting),
         }
-    }
-
-    /// Records a request that is about to go out.
-    pub fn take(&mut self, now: Instant) {
-        self.forget_old(now);
-        self.sent.push_back(now);
     }
 
     /// ilert said 429: its window is used up whatever we counted, so nothing goes before `until`.
@@ -125,26 +130,30 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Budget::new(10);
         // 4 waiting, 10 left: one at a time.
-        assert_eq!(b.plan(4, t0), Plan::Send(1));
+        assert_eq!(b.reserve(4, t0), Plan::Send(1));
+        assert_eq!(b.reserve(3, t0), Plan::Send(1));
         // 8 left, 9 waiting: combine all 9.
-        b.take(t0);
-        b.take(t0);
-        assert_eq!(b.plan(9, t0), Plan::Send(9));
-        for _ in 0..3 {
-            b.take(t0);
+        assert_eq!(b.reserve(9, t0), Plan::Send(9));
+        for _ in 0..2 {
+            assert_eq!(b.reserve(1, t0), Plan::Send(1));
         }
         // Half spent: the rest is spread, one request every 6 s, combining what waits.
-        assert_eq!(b.plan(1, t0), Plan::WaitUntil(t0 + Duration::from_secs(6)));
-        assert_eq!(b.plan(3, t0 + Duration::from_secs(6)), Plan::Send(3));
+        assert_eq!(
+            b.reserve(1, t0),
+            Plan::WaitUntil(t0 + Duration::from_secs(6))
+        );
         for i in 0..5 {
-            b.take(t0 + Duration::from_secs(6 * (i + 1)));
+            assert_eq!(
+                b.reserve(3, t0 + Duration::from_secs(6 * (i + 1))),
+                Plan::Send(3)
+            );
         }
         // Spent: the next request may go when the first leaves the window.
         assert_eq!(
-            b.plan(1, t0 + Duration::from_secs(31)),
+            b.reserve(1, t0 + Duration::from_secs(31)),
             Plan::WaitUntil(t0 + Duration::from_secs(60))
         );
-        assert_eq!(b.plan(2, t0 + Duration::from_secs(60)), Plan::Send(2));
+        assert_eq!(b.reserve(2, t0 + Duration::from_secs(60)), Plan::Send(2));
     }
 
     #[test]
@@ -166,10 +175,9 @@ mod tests {
                 now += Duration::from_millis(50);
                 continue;
             }
-            match b.plan(waiting, now) {
+            match b.reserve(waiting, now) {
                 Plan::WaitUntil(t) => now = t,
                 Plan::Send(n) => {
-                    b.take(now);
                     sent.push(now);
                     waiting -= n;
                     done += n;
@@ -196,16 +204,68 @@ mod tests {
         );
     }
 
+    /// Two pipelines on one key, each sender in its own task: both may look at the budget before
+    /// either counts its request. Events arrive at both for two minutes.
+    #[test]
+    fn two_pipelines_on_one_key_never_exceed_the_budget_together() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(10);
+        let every = [Duration::from_millis(700), Duration::from_millis(900)];
+        let mut arrived = [0u64; 2];
+        let mut waiting = [0usize; 2];
+        let mut resume = [t0; 2];
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(180) {
+            for s in 0..2 {
+                while arrived[s] < 170 && t0 + every[s] * arrived[s] as u32 <= now {
+                    arrived[s] += 1;
+                    waiting[s] += 1;
+                }
+            }
+            let ready: Vec<usize> = (0..2)
+                .filter(|&s| waiting[s] > 0 && resume[s] <= now)
+                .collect();
+            // Every sender ready at this moment decides before any of them has sent.
+            let plans: Vec<(usize, Plan)> = ready
+                .iter()
+                .map(|&s| (s, b.reserve(waiting[s], now)))
+                .collect();
+            for (s, plan) in plans {
+                match plan {
+                    Plan::WaitUntil(t) => resume[s] = t,
+                    Plan::Send(n) => {
+                        sent.push(now);
+                        waiting[s] -= n.min(waiting[s]);
+                    }
+                }
+            }
+            now += Duration::from_millis(100);
+        }
+        assert!(sent.len() > 10, "the test must send for more than a minute");
+        for (i, t) in sent.iter().enumerate() {
+            let in_window = sent[i..]
+                .iter()
+                .filter(|u| u.duration_since(*t) < WINDOW)
+                .count();
+            assert!(
+                in_window <= 10,
+                "{in_window} requests within the minute from {:?}",
+                t.duration_since(t0)
+            );
+        }
+    }
+
     #[test]
     fn after_429_nothing_goes_before_retry_after() {
         let t0 = Instant::now();
         let mut b = Budget::new(10);
         b.exhausted_until(t0 + Duration::from_secs(20));
         assert_eq!(
-            b.plan(1, t0 + Duration::from_secs(19)),
+            b.reserve(1, t0 + Duration::from_secs(19)),
             Plan::WaitUntil(t0 + Duration::from_secs(20))
         );
-        assert_eq!(b.plan(1, t0 + Duration::from_secs(20)), Plan::Send(1));
+        assert_eq!(b.reserve(1, t0 + Duration::from_secs(20)), Plan::Send(1));
     }
 
     #[test]

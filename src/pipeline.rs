@@ -12,6 +12,21 @@ use serde::{Deserialize, Serialize};
 /// Default key inside the Secret that holds the ilert integration key.
 pub const DEFAULT_SECRET_KEY: &str = "integrationKey";
 
+/// schemars describes unsigned and small integers as `uint64`, `uint32`, `int8`..., formats the
+/// API server does not know (each apply of the CRD warns). It knows int32 and int64 only; the
+/// counters never come near i64::MAX, and `minimum: 0` still says they are not negative.
+fn api_server_formats(schema: &mut schemars::Schema) {
+    let known = match schema.get("format").and_then(|f| f.as_str()) {
+        Some("uint64" | "uint" | "uint32") => Some("int64"),
+        Some("uint16" | "uint8" | "int16" | "int8") => Some("int32"),
+        _ => None,
+    };
+    if let Some(format) = known {
+        schema.insert("format".into(), format.into());
+    }
+    schemars::transform::transform_subschemas(&mut api_server_formats, schema);
+}
+
 /// Reports every finished rollout of the selected workloads to one ilert deployment pipeline.
 // Each printcolumn repeats the same keys, which clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -68,6 +83,7 @@ pub const DEFAULT_SECRET_KEY: &str = "integrationKey";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = api_server_formats)]
 pub struct IlertPipelineSpec {
     /// The Secret, in this pipeline's namespace, that holds the ilert deployment pipeline's integration key.
     pub integration_key_secret_ref: SecretKeyRef,
@@ -182,6 +198,7 @@ fn default_secret_key() -> String {
 /// What the controller observed and did; written by the controller only.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = api_server_formats)]
 pub struct IlertPipelineStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,4 +274,95 @@ pub struct LastEvent {
     pub outcome: String,
     /// When ilert accepted it (RFC 3339).
     pub sent_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::Value;
+
+    /// The formats the API server recognises in a CRD schema, by type (apiextensions-apiserver,
+    /// `GetUnrecognizedFormats`); any other makes every apply print `unrecognized format`.
+    fn recognised(type_: Option<&str>, format: &str) -> bool {
+        const STRING_FORMATS: [&str; 23] = [
+            "bsonobjectid",
+            "uri",
+            "email",
+            "hostname",
+            "ipv4",
+            "ipv6",
+            "cidr",
+            "mac",
+            "uuid",
+            "uuid3",
+            "uuid4",
+            "uuid5",
+            "isbn",
+            "isbn10",
+            "isbn13",
+            "creditcard",
+            "ssn",
+            "hexcolor",
+            "rgbcolor",
+            "byte",
+            "password",
+            "date",
+            "duration",
+        ];
+        match type_ {
+            // The API server drops dashes before it looks a string format up: date-time.
+            None | Some("string") => {
+                let f = format.replace('-', "");
+                f == "datetime" || STRING_FORMATS.contains(&f.as_str())
+            }
+            Some("integer") => ["int32", "int64"].contains(&format),
+            Some("number") => ["float", "double"].contains(&format),
+            _ => false,
+        }
+    }
+
+    fn unrecognised_formats(path: &str, schema: &Value, out: &mut Vec<String>) {
+        match schema {
+            Value::Object(m) => {
+                if let Some(f) = m.get("format").and_then(Value::as_str)
+                    && !recognised(m.get("type").and_then(Value::as_str), f)
+                {
+                    out.push(format!("{path}: {f}"));
+                }
+                for (k, v) in m {
+                    unrecognised_formats(&format!("{path}.{k}"), v, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    unrecognised_formats(&format!("{path}[{i}]"), v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_crd_uses_only_formats_the_api_server_knows() {
+        let crd = serde_json::to_value(IlertPipeline::crd()).unwrap();
+        let mut found = Vec::new();
+        for (i, v) in crd["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            unrecognised_formats(&format!("versions[{i}]"), &v["schema"], &mut found);
+        }
+        assert!(
+            found.is_empty(),
+            "formats the API server does not know: {found:#?}"
+        );
+        // The counters are still told apart from strings and bounded below.
+        let status =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        assert_eq!(status["properties"]["eventsSent"]["format"], "int64");
+        assert_eq!(status["properties"]["alertsSent"]["format"], "int64");
+    }
 }

@@ -33,6 +33,10 @@ pub fn shapes(key: &str) -> bool {
 const FUEL: u64 = 50_000;
 /// A rendered custom detail, link text or href is cut to this many characters.
 const MAX_RENDERED_CHARS: usize = 4096;
+/// The most one field may write while it renders: room for the characters kept (4 bytes each at
+/// most), so output that is cut to size still renders, and a template printing megabytes fails at
+/// the write that crosses it. Values built along the way are bounded by the fuel.
+const MAX_OUTPUT_BYTES: usize = 4 * MAX_RENDERED_CHARS;
 /// At most this many links come from a workload's `ilert.com/links`.
 const MAX_ANNOTATED_LINKS: usize = 20;
 
@@ -48,21 +52,61 @@ fn env() -> &'static Environment<'static> {
     })
 }
 
+/// Holds what a template writes, and refuses the write that would take it past `limit`: a
+/// template that prints too much fails there, before it allocates the rest.
+struct BoundedOutput {
+    written: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered output over its limit"));
+        }
+        self.written.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Renders one template. The error names the template and the line, as minijinja reports it.
 pub fn render(name: &str, source: &str, context: &Value) -> Result<String, String> {
-    env()
-        .render_named_str(name, source, minijinja::value::Serde(context))
-        .map(|s| s.trim().to_string())
-        .map_err(|e| {
-            let mut msg = e.to_string();
-            // minijinja names the template in its message; add the line when it does not.
-            if let Some(line) = e.line()
-                && !msg.contains(&format!("{name}:{line}"))
-            {
-                msg = format!("{msg} (in {name}:{line})");
-            }
-            msg
-        })
+    let mut out = BoundedOutput {
+        written: Vec::new(),
+        limit: MAX_OUTPUT_BYTES,
+        overflowed: false,
+    };
+    let result = env()
+        .template_from_named_str(name, source)
+        .and_then(|t| t.render_captured_to(minijinja::value::Serde(context), &mut out))
+        .map(drop);
+    if out.overflowed {
+        return Err(format!(
+            "{name} rendered more than {MAX_OUTPUT_BYTES} bytes and was refused: make it print less"
+        ));
+    }
+    result.map_err(|e| {
+        let mut msg = e.to_string();
+        // minijinja names the template in its message; add the line when it does not.
+        if let Some(line) = e.line()
+            && !msg.contains(&format!("{name}:{line}"))
+        {
+            msg = format!("{msg} (in {name}:{line})");
+        }
+        if e.kind() == minijinja::ErrorKind::OutOfFuel {
+            msg = format!(
+                "{msg}: it runs more instructions or builds larger values than one field may (a budget of {FUEL} instructions, a byte of text costing 1/64 of one)"
+            );
+        }
+        msg
+    })?;
+    Ok(String::from_utf8_lossy(&out.written).trim().to_string())
 }
 
 /// A pipeline's templates, once checked.
@@ -308,6 +352,169 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("fuel"), "{e}");
+    }
+
+    /// Counts what the thread that renders allocates, so a test can bound the peak of one render.
+    mod peak {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+            static PEAK: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn add(n: usize) {
+            let _ = LIVE.try_with(|live| {
+                let now = live.get().saturating_add(n as isize);
+                live.set(now);
+                let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+            });
+        }
+
+        fn sub(n: usize) {
+            let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(n as isize)));
+        }
+
+        struct Counting;
+
+        // SAFETY: every call is passed on to the system allocator unchanged.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let p = unsafe { System.alloc(layout) };
+                if !p.is_null() {
+                    add(layout.size());
+                }
+                p
+            }
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                let p = unsafe { System.alloc_zeroed(layout) };
+                if !p.is_null() {
+                    add(layout.size());
+                }
+                p
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                unsafe { System.dealloc(ptr, layout) };
+                sub(layout.size());
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let p = unsafe { System.realloc(ptr, layout, new_size) };
+                if !p.is_null() {
+                    sub(layout.size());
+                    add(new_size);
+                }
+                p
+            }
+        }
+
+        #[global_allocator]
+        static COUNTING: Counting = Counting;
+
+        /// Runs `f` and returns what it returned and the most it held allocated at once.
+        pub fn during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+            let base = LIVE.with(Cell::get);
+            PEAK.with(|p| p.set(base));
+            let r = f();
+            let peak = PEAK.with(Cell::get);
+            (r, peak.saturating_sub(base).max(0) as usize)
+        }
+    }
+
+    /// Templates whose output would be hundreds of MB, and one of 1 MB that fits the fuel.
+    const BOMBS: [(&str, &str); 7] = [
+        ("repetition", r#"{{ "x" * 400000000 }}"#),
+        (
+            "repetition in a loop",
+            r#"{% for i in range(100) %}{{ "y" * 5000000 }}{% endfor %}"#,
+        ),
+        (
+            "nested replace",
+            r#"{{ "xxxxxxxxxx" | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") | replace("x", "xxxxxxxxxx") }}"#,
+        ),
+        (
+            "join of a big list",
+            r#"{{ range(100000) | join("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz") }}"#,
+        ),
+        (
+            "join of a repeated list",
+            r#"{{ (range(100000) | list * 1000) | join(",") }}"#,
+        ),
+        (
+            "concatenation in a loop",
+            r#"{% set s = namespace(v="xxxxxxxx") %}{% for i in range(60) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}"#,
+        ),
+        ("one megabyte", r#"{{ "y" * 1000000 }}"#),
+    ];
+
+    /// Renders one bomb, returning its error, how long it took and the peak it allocated.
+    fn detonate(what: &str, f: impl FnOnce() -> Option<String>) -> String {
+        let started = std::time::Instant::now();
+        let (err, peak) = peak::during(f);
+        let took = started.elapsed();
+        eprintln!("{what}: {took:?}, peak {peak} bytes, {err:?}");
+        let err = err.unwrap_or_else(|| panic!("{what} rendered"));
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "{what} took {took:?}"
+        );
+        // The fuel bounds what a render builds (50,000 x 64 bytes), the writer what it prints.
+        assert!(peak < 4 << 20, "{what} held {peak} bytes at once");
+        err
+    }
+
+    #[test]
+    fn templates_that_would_render_hundreds_of_megabytes_are_refused_at_once() {
+        for (what, bomb) in BOMBS {
+            let fields: [(&str, EventTemplate); 3] = [
+                ("spec.template.summary", spec(bomb)),
+                ("spec.template.customDetails.x", {
+                    let mut s = spec("ok");
+                    s.custom_details.insert("x".into(), bomb.into());
+                    s
+                }),
+                ("spec.template.links[0].href", {
+                    let mut s = spec("ok");
+                    s.links[0].href = bomb.into();
+                    s
+                }),
+            ];
+            for (field, spec) in fields {
+                let e = detonate(&format!("{what} as {field}"), || {
+                    Templates::check(&spec).err()
+                });
+                assert!(e.contains(field), "{e}");
+                assert!(
+                    e.contains("fuel") || e.contains("rendered more than"),
+                    "{e}"
+                );
+                if what == "one megabyte" {
+                    assert!(
+                        e.contains(&format!("rendered more than {MAX_OUTPUT_BYTES} bytes")),
+                        "{e}"
+                    );
+                }
+            }
+            for key in [SUMMARY_ANNOTATION, "ilert.com/details.x"] {
+                let e = detonate(&format!("{what} as {key}"), || {
+                    let (r, _, warnings) =
+                        from_annotations([(key, bomb)].into_iter(), &sample_context());
+                    assert_eq!(r, Rendered::default());
+                    warnings.into_iter().next()
+                });
+                assert!(e.contains(key), "{e}");
+                assert!(
+                    e.contains("fuel") || e.contains("rendered more than"),
+                    "{e}"
+                );
+                if what == "one megabyte" {
+                    assert!(
+                        e.contains(&format!("rendered more than {MAX_OUTPUT_BYTES} bytes")),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

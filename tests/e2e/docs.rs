@@ -106,6 +106,7 @@ fn documented_metrics_match_the_registry() {
     m.event("Completed", "sent").inc();
     m.request("accepted");
     m.error("watch");
+    m.decided("workload", 1);
     m.kube_request("GET", "/api/v1/namespaces/ns/secrets/s", None);
     m.task_restart("sender");
     m.pending
@@ -149,4 +150,26 @@ fn documented_annotations_are_the_ones_the_controller_reads() {
     .map(str::to_string)
     .collect();
     assert_same("annotations", docs, actual);
+}
+
+#[test]
+fn the_limitations_do_not_deny_a_kind_that_is_reported() {
+    let readme = readme();
+    let limitations = readme
+        .split("\nLimitations: ")
+        .nth(1)
+        .and_then(|s| s.split("\n\n").next())
+        .expect("README has a Limitations paragraph");
+    let reported = limitations
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .replace('\n', " ");
+    for kind in ilert_rollout_controller::rollout::Kind::ALL {
+        assert!(
+            reported.contains(&format!("{}s", kind.as_str())),
+            "README's limitations do not say that {kind}s are reported: {reported}"
+        );
+    }
+    assert!(!reported.contains("only"), "{reported}");
 }

@@ -270,3 +270,55 @@ async fn a_test_event_is_sent_once_per_annotation_value_and_its_answer_recorded(
     w.ilert.assert_schema_valid();
     w.assert_key_never_leaked().await;
 }
+
+/// The controller's own status writes come back as watch events of the pipeline: they change
+/// nothing it selects, so they must not decide every workload again.
+#[tokio::test]
+async fn status_writes_do_not_decide_every_workload_again() {
+    const N: usize = 20;
+    let w = World::new("statuswrites", true, None, &["--rate-limit-per-minute=100"]).await;
+    let names: Vec<String> = (0..N).map(|i| format!("svc-{i:02}")).collect();
+    for n in &names {
+        apply(&w.deployments, n, &deployment(n, "nginx:1.25", 1)).await;
+    }
+    eventually(
+        Duration::from_secs(120),
+        &format!("{N} sent, 0 pending"),
+        || async {
+            let s = w.pipeline().await.status?;
+            (s.events_sent == N as u64 && s.pending_events == 0).then_some(())
+        },
+    )
+    .await;
+    let url = w.controller.ops_url();
+    let decisions = || async {
+        let m = parse_metrics(&get(&format!("{url}/metrics")).await.2);
+        m.get(r#"ilert_rollout_decisions_total{trigger="pipeline"}"#)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    // The status writes after the last delivery come back first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = decisions().await;
+    let values = ["1", "2", "3"];
+    for value in values {
+        // Each writes status at least once: pending, then ilert's answer.
+        annotate_test_event(&w, value).await;
+        assert_eq!(test_event_result(&w, value).await.result, "Accepted");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = decisions().await - before;
+    eprintln!("decisions during {} test events: {grown}", values.len());
+    assert!(
+        grown < N as f64,
+        "{} test events and their status writes decided {grown} workload/pipeline pairs; deciding the pipeline again once decides every watched workload, at least {N}",
+        values.len()
+    );
+    let tests = w
+        .ilert
+        .accepted()
+        .iter()
+        .filter(|e| e["customDetails"]["test"] == true)
+        .count();
+    assert_eq!(tests, values.len(), "each test event was sent once");
+}
