@@ -109,11 +109,12 @@ fn documented_metrics_match_the_registry() {
     m.decided("workload", 1);
     m.kube_request("GET", "/api/v1/namespaces/ns/secrets/s", None);
     m.task_restart("sender");
-    m.pending
-        .get_or_create(&ilert_rollout_controller::metrics::PipelineLabels {
-            pipeline: "ns/p".into(),
-        })
-        .set(0);
+    let pipeline = ilert_rollout_controller::metrics::PipelineLabels {
+        pipeline: "ns/p".into(),
+    };
+    for gauge in [&m.pending, &m.ledger_bytes, &m.ledger_unstored] {
+        gauge.get_or_create(&pipeline).set(0);
+    }
     let text = m.encode();
     let actual: BTreeSet<String> = text
         .lines()
