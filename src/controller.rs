@@ -1193,73 +1193,51 @@ impl Brain {
                 }
                 Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
             },
-            Input::ReplicaSet(ev) => match self.replica_sets.apply(ev) {
-                Applied::Synced => {
-                    let replica_sets = &self.replica_sets;
-                    for w in self.workloads.values_mut() {
-                        if w.kind == Kind::Deployment {
-                            w.current_replica_set =
-                                resolve_replica_set(w, replica_sets.get(&w.uid));
-                        }
-                    }
-                    self.synced[Watch::ReplicaSets as usize] = true;
-                    self.after_resync().await;
-                }
-                // The ReplicaSet of the current revision decides whether a progress deadline
-                // speaks of this revision: the watches are separate streams.
-                Applied::Owner(owner) => {
-                    let Some(w) = self.workloads.get_mut(&owner) else {
-                        return;
-                    };
-                    let current = resolve_replica_set(w, self.replica_sets.get(&owner));
-                    if current != w.current_replica_set {
-                        w.current_replica_set = current;
-                        if self.all_synced() {
-                            self.evaluate_workload(&owner, "workload");
-                        }
-                    }
-                }
-                Applied::Nothing => {}
-            },
-            Input::Revision(ev) => match self.revisions.apply(ev) {
-                Applied::Synced => {
-                    let revisions = &self.revisions;
-                    for w in self.workloads.values_mut() {
-                        if w.kind != Kind::Deployment {
-                            w.controller_revision = resolve_revision(w, revisions.get(&w.uid));
-                        }
-                    }
-                    self.synced[Watch::Revisions as usize] = true;
-                    self.after_resync().await;
-                }
-                // A new ControllerRevision can be what completes a StatefulSet's or DaemonSet's
-                // rollout in our eyes: the watches are separate streams.
-                Applied::Owner(owner) => {
-                    let Some(w) = self.workloads.get_mut(&owner) else {
-                        return;
-                    };
-                    let revision = resolve_revision(w, self.revisions.get(&owner));
-                    if revision != w.controller_revision {
-                        w.controller_revision = revision;
-                        if self.all_synced() {
-                            self.evaluate_workload(&owner, "workload");
-                        }
-                    }
-                }
-                Applied::Nothing => {}
-            },
+            Input::ReplicaSet(ev) => {
+                let applied = self.replica_sets.apply(ev);
+                self.owned_changed(applied, Watch::ReplicaSets).await;
+            }
+            Input::Revision(ev) => {
+                let applied = self.revisions.apply(ev);
+                self.owned_changed(applied, Watch::Revisions).await;
+            }
         }
     }
 
-    /// A StatefulSet's or DaemonSet's view with its revision number from the ControllerRevisions;
-    /// a Deployment's with the name of its current revision's ReplicaSet.
+    /// A view with what the objects its workload owns tell: for a StatefulSet or DaemonSet its
+    /// revision number (ControllerRevisions), for a Deployment the name of its current
+    /// revision's ReplicaSet.
     fn with_revision(&self, mut view: WorkloadView) -> WorkloadView {
-        if view.kind == Kind::Deployment {
-            view.current_replica_set = resolve_replica_set(&view, self.replica_sets.get(&view.uid));
-        } else {
-            view.controller_revision = resolve_revision(&view, self.revisions.get(&view.uid));
-        }
+        resolve_owned(&mut view, &self.replica_sets, &self.revisions);
         view
+    }
+
+    /// A ReplicaSet or ControllerRevision changed. What it tells its workload can be what
+    /// completes (or decides the outcome of) a rollout in our eyes: the watches are separate
+    /// streams.
+    async fn owned_changed(&mut self, applied: Applied, watch: Watch) {
+        match applied {
+            Applied::Synced => {
+                for w in self.workloads.values_mut() {
+                    resolve_owned(w, &self.replica_sets, &self.revisions);
+                }
+                self.synced[watch as usize] = true;
+                self.after_resync().await;
+            }
+            Applied::Owner(owner) => {
+                let Some(w) = self.workloads.get_mut(&owner) else {
+                    return;
+                };
+                let before = (w.current_replica_set.clone(), w.controller_revision);
+                resolve_owned(w, &self.replica_sets, &self.revisions);
+                if (w.current_replica_set.clone(), w.controller_revision) != before
+                    && self.all_synced()
+                {
+                    self.evaluate_workload(&owner, "workload");
+                }
+            }
+            Applied::Nothing => {}
+        }
     }
 
     /// After a (re-)list: decide every workload against every pipeline, forget state of pipelines
@@ -1759,6 +1737,19 @@ impl Brain {
             alert: None,
         };
         record_and_queue(&self.shared, &h.outbox, pipeline_uid, key, entry);
+    }
+}
+
+/// Sets what the objects a workload owns tell of it (see [`Brain::with_revision`]).
+fn resolve_owned(
+    w: &mut WorkloadView,
+    replica_sets: &OwnedCache<ReplicaSetView>,
+    revisions: &OwnedCache<RevisionView>,
+) {
+    if w.kind == Kind::Deployment {
+        w.current_replica_set = resolve_replica_set(w, replica_sets.get(&w.uid));
+    } else {
+        w.controller_revision = resolve_revision(w, revisions.get(&w.uid));
     }
 }
 

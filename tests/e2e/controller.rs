@@ -136,27 +136,8 @@ async fn deployments_older_than_the_pipeline_are_a_baseline() {
     for name in ["old-a", "old-b"] {
         wait_revision_complete(&deployments, name, "1").await;
     }
-    // Timestamps have whole seconds.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    create_secret(
-        &client,
-        &ns.name,
-        "ilert",
-        "integrationKey",
-        "ilapid-baseline",
-    )
-    .await;
-    let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), &ns.name);
-    create_pipeline(
-        &pipelines,
-        &ns.name,
-        PIPELINE,
-        json!({"integrationKeySecretRef": {"name": "ilert"}}),
-    )
-    .await;
-    let ilert = FakeIlert::start().await;
-    let mut controller = Controller::start(&ns.name, &ilert, &[]);
-    controller.wait_ready().await;
+    let (pipelines, ilert, _controller) =
+        pipeline_over_existing(&client, &ns.name, "ilapid-baseline").await;
     eventually(Duration::from_secs(10), "2 selected workloads", || async {
         (pipelines
             .get(PIPELINE)

@@ -123,24 +123,6 @@ async fn ready_says_only_what_is_known_about_the_key() {
     w.assert_key_never_leaked().await;
 }
 
-fn stateful_set(name: &str, image: &str, replicas: i32) -> Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "db", "image": image}]}
-            }
-        }
-    })
-}
-
 /// Labels (or unlabels) every node: pods that select the label can be scheduled.
 async fn label_nodes(client: &Client, label: &str, on: bool) {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -158,8 +140,8 @@ async fn label_nodes(client: &Client, label: &str, on: bool) {
     }
 }
 
-/// The ledger entries the controller keeps in `ns`, as ConfigMap data keys.
-async fn ledger_keys(client: &Client, ns: &str) -> Vec<String> {
+/// The ledger ConfigMaps the controller keeps in `ns`.
+async fn ledger_maps(client: &Client, ns: &str) -> Vec<ConfigMap> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     api.list(&Default::default())
         .await
@@ -173,6 +155,14 @@ async fn ledger_keys(client: &Client, ns: &str) -> Vec<String> {
                 .unwrap_or("")
                 .starts_with("ilert-ledger-")
         })
+        .collect()
+}
+
+/// The ledger entries the controller keeps in `ns`, as ConfigMap data keys.
+async fn ledger_keys(client: &Client, ns: &str) -> Vec<String> {
+    ledger_maps(client, ns)
+        .await
+        .into_iter()
         .flat_map(|c| c.data.unwrap_or_default().into_keys())
         .collect()
 }
@@ -189,19 +179,8 @@ async fn a_stateful_set_mid_rollout_when_its_pipeline_is_created_is_reported_onc
     sts["spec"]["template"]["spec"]["nodeSelector"] = json!({&hold: "true"});
     apply(&sets, "db", &sts).await;
     let uid = sets.get("db").await.unwrap().metadata.uid.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    create_secret(&client, &ns.name, "ilert", "integrationKey", "ilapid-mid").await;
-    let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), &ns.name);
-    create_pipeline(
-        &pipelines,
-        &ns.name,
-        PIPELINE,
-        json!({"integrationKeySecretRef": {"name": "ilert"}}),
-    )
-    .await;
-    let ilert = FakeIlert::start().await;
-    let mut controller = Controller::start(&ns.name, &ilert, &[]);
-    controller.wait_ready().await;
+    let (pipelines, ilert, mut controller) =
+        pipeline_over_existing(&client, &ns.name, "ilapid-mid").await;
     // Seen mid-rollout (and so remembered); then the controller is away while it finishes.
     eventually(Duration::from_secs(20), "db selected", || async {
         let s = pipelines.get(PIPELINE).await.ok()?.status?;
@@ -395,13 +374,9 @@ async fn instances_split_by_pipeline_selector_never_repeat_or_forget_each_other(
         Duration::from_secs(20),
         "team-b's ledger removed",
         || async {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-            let left = api
-                .list(&Default::default())
+            let left = ledger_maps(&client, &ns.name)
                 .await
-                .ok()?
-                .items
-                .into_iter()
+                .iter()
                 .filter(|c| c.metadata.name.as_deref().unwrap_or("").contains(&uid))
                 .count();
             (left == 0).then_some(())
@@ -409,35 +384,20 @@ async fn instances_split_by_pipeline_selector_never_repeat_or_forget_each_other(
     )
     .await;
     let a_uid = pipelines.get("team-a").await.unwrap().metadata.uid.unwrap();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     assert!(
-        api.list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|c| c.metadata.name.as_deref().unwrap_or("").contains(&a_uid)),
+        ledger_maps(&client, &ns.name).await.iter().any(|c| c
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or("")
+            .contains(&a_uid)),
         "team-a's ledger is gone"
     );
 }
 
 /// Pending entries in the ledger ConfigMaps of `ns`, and the largest ConfigMap's data in bytes.
 async fn stored_pending(client: &Client, ns: &str) -> (usize, usize, usize) {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let maps: Vec<ConfigMap> = api
-        .list(&Default::default())
-        .await
-        .expect("configmaps")
-        .items
-        .into_iter()
-        .filter(|c| {
-            c.metadata
-                .name
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("ilert-ledger-")
-        })
-        .collect();
+    let maps = ledger_maps(client, ns).await;
     let pending = maps
         .iter()
         .flat_map(|c| c.data.iter().flatten())

@@ -5,24 +5,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 
 use crate::*;
 
-fn stateful_set(name: &str, image: &str, replicas: i32) -> Value {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "db", "image": image}]}
-            }
-        }
-    })
-}
-
 fn daemon_set(name: &str, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1",

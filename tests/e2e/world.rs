@@ -67,6 +67,25 @@ pub fn deployment(name: &str, image: &str, replicas: i32) -> Value {
     })
 }
 
+/// A StatefulSet of `replicas` pods at `image`, started in parallel.
+pub fn stateful_set(name: &str, image: &str, replicas: i32) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "db", "image": image}]}
+            }
+        }
+    })
+}
+
 pub async fn apply<K>(api: &Api<K>, name: &str, body: &Value)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -262,6 +281,30 @@ impl World {
             );
         }
     }
+}
+
+/// A pipeline created only now in `ns`, over the workloads already there: its key Secret, the
+/// default pipeline, a fake ilert and a ready controller (a first sight after the fact).
+pub async fn pipeline_over_existing(
+    client: &Client,
+    ns: &str,
+    key: &str,
+) -> (Api<IlertPipeline>, FakeIlert, Controller) {
+    // Timestamps have whole seconds: the workloads must be older than the pipeline.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_secret(client, ns, "ilert", "integrationKey", key).await;
+    let pipelines: Api<IlertPipeline> = Api::namespaced(client.clone(), ns);
+    create_pipeline(
+        &pipelines,
+        ns,
+        PIPELINE,
+        json!({"integrationKeySecretRef": {"name": "ilert"}}),
+    )
+    .await;
+    let ilert = FakeIlert::start().await;
+    let mut controller = Controller::start(ns, &ilert, &[]);
+    controller.wait_ready().await;
+    (pipelines, ilert, controller)
 }
 
 /// Applies a pipeline in `api`'s namespace, labelled for the test controller whose namespace is
