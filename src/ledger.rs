@@ -689,20 +689,34 @@ impl Ledger {
                 self.store(&mut occ, &mut writes, pipeline, map, key, entry);
                 map.insert(key.clone(), entry.clone());
             }
-            // Room made: what waited in memory only is stored now.
+            // Room made (a delivered entry replaces a pending one and drops older ones): what
+            // waited in memory only is stored now, shard by shard until one is full again.
+            let freed = entries.iter().any(|(_, e)| e.state != State::Pending);
             let waiting: Vec<RolloutKey> = occ
                 .unstored
                 .get(pipeline)
+                .filter(|_| freed)
                 .map(|u| u.keys().cloned().collect())
                 .unwrap_or_default();
-            for key in waiting {
-                match map.get(&key).cloned() {
+            let mut full: Vec<char> = Vec::new();
+            for key in &waiting {
+                if full.contains(&key.shard()) {
+                    continue;
+                }
+                match map.get(key).cloned() {
                     Some(entry) if entry.state == State::Pending => {
-                        self.store(&mut occ, &mut writes, pipeline, map, &key, &entry);
+                        self.store(&mut occ, &mut writes, pipeline, map, key, &entry);
+                        if occ
+                            .unstored
+                            .get(pipeline)
+                            .is_some_and(|u| u.contains_key(key))
+                        {
+                            full.push(key.shard());
+                        }
                     }
                     _ => {
                         if let Some(u) = occ.unstored.get_mut(pipeline) {
-                            u.remove(&key);
+                            u.remove(key);
                         }
                     }
                 }
