@@ -62,6 +62,10 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "extraEnv[0].name=HTTPS_PROXY",
             "--set",
             "extraEnv[0].value=http://proxy:3128",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
         ],
     ),
 ];
