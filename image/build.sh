@@ -51,6 +51,10 @@ runtime_base() {
     mv "$dir/rootfs.tar.tmp" "$dir/rootfs.tar"
     rm -rf "$root"
   fi
+  # Yesterday's base goes: the image built on it is replaced by the next build anyway.
+  buildah images --format '{{.Name}}:{{.Tag}}' | grep "^localhost/ilert-rollout-controller-base/cc-$suite:" \
+    | xargs -r buildah rmi >/dev/null 2>&1 || true
+  find "$(dirname "$dir")" -mindepth 1 -maxdepth 1 -name "cc-$suite-*" ! -path "$dir" -exec rm -rf {} +
   local ctr
   ctr="$(buildah from scratch)"
   buildah add --quiet "$ctr" "$dir/rootfs.tar" / >/dev/null
@@ -62,7 +66,7 @@ runtime_base() {
 
 if [[ "${1:-}" == base ]]; then runtime_base; exit; fi
 
-args=(--layers --build-arg "BINARY=$binary" --build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)")
+args=(--build-arg "BINARY=$binary" --build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)")
 if [[ "$bases" == debian ]]; then
   args+=(--build-arg "RUNTIME_IMAGE=$(runtime_base)" --pull=false)
 fi
@@ -74,7 +78,11 @@ if [[ "$binary" == prebuilt ]]; then
 fi
 start=$SECONDS
 log "buildah bud -t $image (BINARY=$binary)"
+previous="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 buildah bud --quiet "${args[@]}" -t "$image" -f Dockerfile . >/dev/null
+# vfs keeps whole copies: drop the build this one replaced (only ours, never a prune of the store).
+current="$(podman image inspect --format '{{.Id}}' "$image")"
+if [[ -n "$previous" && "$previous" != "$current" ]]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
 log "built $image in $((SECONDS - start)) s"
 podman image inspect --format '{{.Size}} {{.Id}}' "$image" | awk '{ printf "size: %.1f MiB (%d bytes), id %.12s\n", $1 / 1048576, $1, $2 }'
 echo "layers:"
