@@ -25,7 +25,6 @@ RUN cargo build --release --locked --bin ilert-rollout-controller \
 FROM scratch AS prebuilt
 COPY target/image/ilert-rollout-controller /ilert-rollout-controller
 
-# hadolint ignore=DL3006
 FROM ${BINARY} AS binary
 
 FROM ${RUNTIME_IMAGE}
