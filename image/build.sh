@@ -79,9 +79,16 @@ fi
 start=$SECONDS
 log "buildah bud -t $image (BINARY=$binary)"
 previous="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
+containers_before="$(buildah containers --quiet --notruncate | sort)"
+images_before="$(buildah images --all --quiet --no-trunc | sort)"
 buildah bud --quiet "${args[@]}" -t "$image" -f Dockerfile . >/dev/null
-# vfs keeps whole copies: drop the build this one replaced (only ours, never a prune of the store).
 current="$(podman image inspect --format '{{.Id}}' "$image")"
+# vfs keeps whole copies: drop what this build left behind (buildah keeps the working container
+# of a stage used by COPY --from, and its image) and the build it replaced. Only ours: never a
+# prune of the whole store, which others may use.
+comm -13 <(echo "$containers_before") <(buildah containers --quiet --notruncate | sort) | xargs -r buildah rm >/dev/null
+comm -13 <(echo "$images_before") <(buildah images --all --quiet --no-trunc | sort) \
+  | grep -v "${current#sha256:}" | xargs -r buildah rmi >/dev/null 2>&1 || true
 if [[ -n "$previous" && "$previous" != "$current" ]]; then buildah rmi "$previous" >/dev/null 2>&1 || true; fi
 log "built $image in $((SECONDS - start)) s"
 podman image inspect --format '{{.Size}} {{.Id}}' "$image" | awk '{ printf "size: %.1f MiB (%d bytes), id %.12s\n", $1 / 1048576, $1, $2 }'

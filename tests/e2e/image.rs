@@ -386,7 +386,7 @@ async fn the_image_runs_as_the_charts_pod_and_reports_a_rollout_once() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     apply(&deployments, "web", &deployment("web", "nginx:1.27", 1)).await;
     wait_revision_complete(&deployments, "web", "1").await;
-    let events = ilert.wait_accepted(1, Duration::from_secs(30)).await;
+    let events = ilert.wait_accepted(1, Duration::from_secs(60)).await;
     assert_eq!(events[0]["customDetails"]["name"], "web", "{events:#?}");
     // The sent state recorded (status says 1 sent, none pending) before counting copies.
     eventually(
