@@ -124,6 +124,11 @@ fn wrong_values_fail_with_a_clear_message() {
         (&["--set", "rateLimitPerMinute=0"], "rateLimitPerMinute"),
         (&["--set", "pipeline.create=true"], "ilert.integrationKey"),
         (&["--set", "unknownValue=1"], "unknownValue"),
+        (
+            &["--set", "prometheusRule.notReadyFor=ten minutes"],
+            "notReadyFor",
+        ),
+        (&["--set", "grafanaDashboard.labelz.a=b"], "labelz"),
     ];
     for (values, needle) in cases {
         let mut args = vec!["template", "irc", CHART];
