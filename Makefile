@@ -2,17 +2,22 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: build test chaos demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
+.PHONY: build image test chaos demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
 
 build:
 	$(CARGO) build --release
+
+## The OCI image from the Dockerfile, with buildah (no Docker engine); prints its size and layers.
+## IMAGE_BINARY=source compiles inside the build stage, as the release does; IMAGE=name:tag to tag.
+image:
+	image/build.sh
 
 ## A short story on a local control plane: rollouts become ilert events before your eyes.
 demo:
 	demo/run.sh
 
-## Builds the control plane binaries if missing, starts it, runs every test, stops it again.
-test: cluster-build
+## Builds the control plane binaries and the image if missing, starts it, runs every test, stops it again.
+test: cluster-build image
 	tests/run.sh
 
 ## The long fault-injection suite on a control plane of its own (kill -9 during 200 rollouts, API
@@ -24,7 +29,7 @@ chaos: cluster-build
 bench: cluster-build
 	tests/run.sh bench
 
-## Formatting, clippy, the Helm chart and the Dockerfile.
+## Formatting, clippy, the Helm chart, the Dockerfile and the GitHub workflows.
 
 lint: cluster-build
 	$(CARGO) fmt --check
@@ -32,6 +37,7 @@ lint: cluster-build
 	$(CARGO) clippy --test chaos -- -D warnings
 	$$(tests/cluster/build.sh print-bin-dirs | sed -n 's/^HELM_BIN=//p')/helm lint charts/ilert-rollout-controller
 	$$(tests/tools.sh)/hadolint Dockerfile
+	$$(tests/cluster/build.sh print-bin-dirs | sed -n 's/^ACTIONLINT_BIN=//p')/actionlint .github/workflows/*.yaml
 
 fmt:
 	$(CARGO) fmt

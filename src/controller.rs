@@ -2848,8 +2848,12 @@ impl StatusWriter {
                 }
                 s.dirty = false;
                 a.dirty = false;
-                let mut conditions =
-                    vec![condition("Ready", s.ready(), &mut last_ready, s.generation)];
+                let ready = s.ready();
+                metrics
+                    .pipeline_ready
+                    .get_or_create(&labels)
+                    .set(i64::from(ready.0));
+                let mut conditions = vec![condition("Ready", ready, &mut last_ready, s.generation)];
                 let alerts = a.enabled.then(|| {
                     let mut ready = a.ready_for(Channel::Alerts);
                     // A problem of the pipeline's spec stops alerts too.
@@ -2915,7 +2919,11 @@ impl StatusWriter {
                     }
                     failures = 0;
                 }
-                Err(kube::Error::Api(s)) if s.code == 404 => return Ended::PipelineGone,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    // A deleted pipeline is neither Ready nor not: its series ends.
+                    metrics.pipeline_ready.remove(&labels);
+                    return Ended::PipelineGone;
+                }
                 Err(e) => {
                     self.shared.metrics.error("status");
                     if failures == 0 {

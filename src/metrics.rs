@@ -35,6 +35,19 @@ pub struct KubeRequestLabels {
     pub resource: String,
 }
 
+/// VmRSS of this process from /proc/self/status, in bytes.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_rss_bytes(&status)
+}
+
+/// Pure: the VmRSS line of a /proc/PID/status text, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Pure: the verb and resource of a request to the Kubernetes API, from its method and URI.
 pub fn kube_request_labels(method: &str, path: &str, query: Option<&str>) -> KubeRequestLabels {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -103,6 +116,8 @@ pub struct Metrics {
     pub ledger_bytes: Family<PipelineLabels, Gauge>,
     /// Pending events the full ledger could not store: they wait in memory only.
     pub ledger_unstored: Family<PipelineLabels, Gauge>,
+    /// 1 while a pipeline's Ready condition is True (as last decided for its status), else 0.
+    pub pipeline_ready: Family<PipelineLabels, Gauge>,
     pub rate_limit_waits: Counter,
     pub reconciles: Counter,
     pub decisions: Family<DecisionLabels, Counter>,
@@ -110,6 +125,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub watched_workloads: Gauge,
     pub leader: Gauge,
+    /// Resident memory of the process, read from /proc at each scrape (Linux; 0 elsewhere).
+    pub resident_memory: Gauge,
     pub kube_requests: Family<KubeRequestLabels, Counter>,
     pub task_restarts: Family<TaskLabels, Counter>,
 }
@@ -159,6 +176,12 @@ impl Default for Metrics {
             "Pending events a full ledger could not store; they wait in memory only",
             ledger_unstored.clone(),
         );
+        let pipeline_ready = Family::<PipelineLabels, Gauge>::default();
+        registry.register(
+            "pipeline_ready",
+            "1 while a pipeline's Ready condition is True, else 0 (alerts: not Ready for 10 minutes)",
+            pipeline_ready.clone(),
+        );
         let rate_limit_waits = Counter::default();
         registry.register(
             "rate_limit_waits",
@@ -201,6 +224,12 @@ impl Default for Metrics {
             "1 while this replica holds the lease and sends",
             leader.clone(),
         );
+        let resident_memory = Gauge::default();
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the controller process (VmRSS), read at each scrape",
+            resident_memory.clone(),
+        );
         let kube_requests = Family::<KubeRequestLabels, Counter>::default();
         registry.register(
             "kube_requests",
@@ -224,6 +253,7 @@ impl Default for Metrics {
             pending,
             ledger_bytes,
             ledger_unstored,
+            pipeline_ready,
             rate_limit_waits,
             reconciles,
             decisions,
@@ -231,6 +261,7 @@ impl Default for Metrics {
             reconcile_duration,
             watched_workloads,
             leader,
+            resident_memory,
         }
     }
 }
@@ -285,6 +316,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        self.resident_memory.set(resident_bytes().unwrap_or(0));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -295,6 +327,14 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_resident_memory_from_proc_status() {
+        let status =
+            "Name:\tilert-rollout-c\nVmHWM:\t   30000 kB\nVmRSS:\t   18724 kB\nThreads:\t5\n";
+        assert_eq!(vm_rss_bytes(status), Some(18724 * 1024));
+        assert_eq!(vm_rss_bytes("Name:\tx\n"), None);
+    }
 
     #[test]
     fn names_the_verb_and_resource_of_every_request_the_controller_makes() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok with its stages, helm) from Go modules into a cache directory outside the
+# kubectl, kwok with its stages, helm) and the checkers (promtool for the chart's alert rules,
+# actionlint for the workflows) from Go modules into a cache directory outside the
 # repository, keyed by version. A second run finds the binaries and does nothing.
 #
 # Each tool gets its own generated helper module: their dependency graphs (k8s.io/* staging
@@ -132,6 +133,12 @@ main() {
   build_simple helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm helm \
     "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
   build_kubernetes
+  build_simple promtool "$PROMTOOL_VERSION" github.com/prometheus/prometheus \
+    github.com/prometheus/prometheus/cmd/promtool promtool \
+    "-s -w -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION"
+  build_simple actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint \
+    github.com/rhysd/actionlint/cmd/actionlint actionlint \
+    "-s -w -X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
   log "all binaries ready in $cache_root ($((SECONDS - start)) s)"
 }
 
@@ -143,6 +150,8 @@ case "${1:-build}" in
     echo "KWOK_BIN=$(bin_dir kwok "$KWOK_VERSION")"
     echo "KWOK_STAGES=$(bin_dir kwok "$KWOK_VERSION")/../stages/stages.yaml"
     echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")"
+    echo "PROMTOOL_BIN=$(bin_dir promtool "$PROMTOOL_VERSION")"
+    echo "ACTIONLINT_BIN=$(bin_dir actionlint "$ACTIONLINT_VERSION")"
     ;;
   *) echo "usage: $0 [build|print-bin-dirs]" >&2; exit 2 ;;
 esac

@@ -62,6 +62,10 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "extraEnv[0].name=HTTPS_PROXY",
             "--set",
             "extraEnv[0].value=http://proxy:3128",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
         ],
     ),
 ];
@@ -120,6 +124,11 @@ fn wrong_values_fail_with_a_clear_message() {
         (&["--set", "rateLimitPerMinute=0"], "rateLimitPerMinute"),
         (&["--set", "pipeline.create=true"], "ilert.integrationKey"),
         (&["--set", "unknownValue=1"], "unknownValue"),
+        (
+            &["--set", "prometheusRule.notReadyFor=ten minutes"],
+            "notReadyFor",
+        ),
+        (&["--set", "grafanaDashboard.labelz.a=b"], "labelz"),
     ];
     for (values, needle) in cases {
         let mut args = vec!["template", "irc", CHART];

@@ -112,7 +112,12 @@ fn documented_metrics_match_the_registry() {
     let pipeline = ilert_rollout_controller::metrics::PipelineLabels {
         pipeline: "ns/p".into(),
     };
-    for gauge in [&m.pending, &m.ledger_bytes, &m.ledger_unstored] {
+    for gauge in [
+        &m.pending,
+        &m.ledger_bytes,
+        &m.ledger_unstored,
+        &m.pipeline_ready,
+    ] {
         gauge.get_or_create(&pipeline).set(0);
     }
     let text = m.encode();
