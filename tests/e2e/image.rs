@@ -71,16 +71,8 @@ fn chart_deployment(ns: &str, values: &[String]) -> Value {
     for v in values {
         args.extend(["--set".to_string(), v.clone()]);
     }
-    let out = Command::new(tool("helm"))
-        .args(&args)
-        .output()
-        .expect("helm");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = run(&tool("helm"), &args);
     serde_yaml_ng::Deserializer::from_str(&text)
         .filter_map(|d| serde::Deserialize::deserialize(d).ok())
         .find(|d: &Value| d["kind"] == "Deployment")
@@ -146,8 +138,9 @@ fn security_flags(pod: &Value, container: &Value) -> Vec<String> {
 /// projects them, in a directory to mount. Returns it and the API server's host and port.
 async fn service_account_volume(client: &Client, ns: &str) -> (std::path::PathBuf, String, String) {
     chart_identity(ns);
-    let out = Command::new(tool("kubectl"))
-        .args([
+    let token = run(
+        &tool("kubectl"),
+        &[
             "create",
             "token",
             &chart_service_account(ns),
@@ -155,15 +148,10 @@ async fn service_account_volume(client: &Client, ns: &str) -> (std::path::PathBu
             ns,
             "--duration",
             "1h",
-        ])
-        .output()
-        .expect("kubectl create token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ],
+    )
+    .trim()
+    .to_string();
     let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let admin: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
     let server = admin["clusters"][0]["cluster"]["server"]

@@ -14,16 +14,7 @@ const CHART: &str = concat!(
 fn helm_template(values: &[&str]) -> String {
     let mut args = vec!["template", "irc", CHART, "-n", "ilert-system"];
     args.extend_from_slice(values);
-    let out = Command::new(tool("helm"))
-        .args(&args)
-        .output()
-        .expect("helm");
-    assert!(
-        out.status.success(),
-        "helm template {values:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run(&tool("helm"), &args)
 }
 
 fn documents(text: &str) -> Vec<serde_json::Value> {

@@ -115,7 +115,8 @@ pub fn chart_service_account(ns: &str) -> String {
     format!("{}-ilert-rollout-controller", release_name(ns))
 }
 
-fn run(cmd: &str, args: &[&str]) -> String {
+/// Runs `cmd` with `args`; panics with its output unless it succeeds. Returns its stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
         .output()
