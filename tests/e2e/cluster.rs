@@ -23,21 +23,16 @@ async fn a_deployment_rolls_out_and_a_new_image_becomes_revision_two() {
         .clone();
     assert_eq!(image.as_deref(), Some("nginx:1.26"));
     // The same rule `kubectl rollout status` applies, by kubectl itself.
-    let out = std::process::Command::new(tool("kubectl"))
-        .args([
+    let out = run(
+        &tool("kubectl"),
+        &[
             "rollout",
             "status",
             "deployment/web",
             "-n",
             &ns.name,
             "--timeout=30s",
-        ])
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
+    assert!(out.contains("successfully rolled out"), "{out}");
 }

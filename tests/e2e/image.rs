@@ -138,20 +138,7 @@ fn security_flags(pod: &Value, container: &Value) -> Vec<String> {
 /// projects them, in a directory to mount. Returns it and the API server's host and port.
 async fn service_account_volume(client: &Client, ns: &str) -> (std::path::PathBuf, String, String) {
     chart_identity(ns);
-    let token = run(
-        &tool("kubectl"),
-        &[
-            "create",
-            "token",
-            &chart_service_account(ns),
-            "-n",
-            ns,
-            "--duration",
-            "1h",
-        ],
-    )
-    .trim()
-    .to_string();
+    let token = chart_token(ns, "1h").trim().to_string();
     let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let admin: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
     let server = admin["clusters"][0]["cluster"]["server"]

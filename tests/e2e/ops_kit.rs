@@ -202,16 +202,10 @@ fn the_default_image_is_the_one_the_release_workflow_publishes() {
 async fn kubectl_explain_describes_every_field_of_the_spec() {
     let client = client().await;
     install_crd(&client).await;
-    let out = Command::new(tool("kubectl"))
-        .args(["explain", "ilertpipeline.spec", "--recursive"])
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run(
+        &tool("kubectl"),
+        &["explain", "ilertpipeline.spec", "--recursive"],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("integrationKeySecretRef"), "{text}");
     // --recursive lists names only; each one's own explain has its DESCRIPTION.
     let mut path: Vec<(usize, String)> = Vec::new();

@@ -162,18 +162,7 @@ pub fn chart_identity(ns: &str) -> PathBuf {
         &kubectl,
         &["delete", "deployment", &chart_service_account(ns), "-n", ns],
     );
-    let token = run(
-        &kubectl,
-        &[
-            "create",
-            "token",
-            &chart_service_account(ns),
-            "-n",
-            ns,
-            "--duration",
-            "2h",
-        ],
-    );
+    let token = chart_token(ns, "2h");
     let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let admin: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
     let cluster = admin["clusters"][0]["cluster"].clone();
@@ -190,6 +179,22 @@ pub fn chart_identity(ns: &str) -> PathBuf {
     std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
     lock_identities().insert(ns.to_string(), path.clone());
     path
+}
+
+/// A TokenRequest token of the chart's ServiceAccount in `ns`, valid for `duration` (`1h`).
+pub fn chart_token(ns: &str, duration: &str) -> String {
+    run(
+        &tool("kubectl"),
+        &[
+            "create",
+            "token",
+            &chart_service_account(ns),
+            "-n",
+            ns,
+            "--duration",
+            duration,
+        ],
+    )
 }
 
 /// A namespace of its own for one test, deleted when dropped.
