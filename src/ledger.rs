@@ -19,12 +19,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use crate::alerts::AlertEvent;
-use crate::report::DeploymentEvent;
-use crate::rollout::{Finished, Outcome};
+use crate::domain::keys::{
+    CONTROLLER_NAME, EPOCH_ANNOTATION, MANAGED_BY_LABEL, PIPELINE_UID_LABEL,
+};
+use crate::domain::payload::AlertEvent;
+use crate::domain::payload::DeploymentEvent;
+use crate::domain::rollout::{Finished, Outcome};
 
-pub const MANAGED_BY: &str = "ilert-rollout-controller";
-const PIPELINE_UID_LABEL: &str = "ilert.com/pipeline-uid";
 const NAME_PREFIX: &str = "ilert-ledger-";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,10 +386,6 @@ fn page_of_name(name: &str) -> u8 {
         .unwrap_or(0)
 }
 
-/// Annotation on every ledger ConfigMap: the leader term (the Lease's `leaseTransitions` when it
-/// was acquired) of the last write.
-pub const EPOCH_ANNOTATION: &str = "ilert.com/ledger-epoch";
-
 /// What fences the writes of one instance: its leader term, whether it leads, and the
 /// resourceVersion of each ConfigMap as last read or written. Every write is conditional on that
 /// resourceVersion, so a write of a deposed leader that does not know it yet fails as soon as
@@ -537,7 +534,7 @@ impl Ledger {
 
     async fn fetch(api: &Api<ConfigMap>) -> Result<Stored, kube::Error> {
         let lp = ListParams::default().labels(&format!(
-            "app.kubernetes.io/managed-by={MANAGED_BY},{PIPELINE_UID_LABEL}"
+            "{MANAGED_BY_LABEL}={CONTROLLER_NAME},{PIPELINE_UID_LABEL}"
         ));
         let mut entries: HashMap<String, BTreeMap<RolloutKey, Entry>> = HashMap::new();
         let mut versions = HashMap::new();
@@ -914,7 +911,7 @@ async fn write_shard(
                     q.data.extend(newer);
                 }
                 let jitter = rand::random::<f64>();
-                tokio::time::sleep(crate::pacing::backoff(
+                tokio::time::sleep(crate::domain::pacing::backoff(
                     attempt,
                     Duration::from_secs(5),
                     jitter,
@@ -1025,10 +1022,7 @@ async fn create_shard(
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    MANAGED_BY.to_string(),
-                ),
+                (MANAGED_BY_LABEL.to_string(), CONTROLLER_NAME.to_string()),
                 (PIPELINE_UID_LABEL.to_string(), pipeline.to_string()),
             ])),
             annotations: Some(BTreeMap::from([(

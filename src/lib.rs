@@ -3,20 +3,11 @@
 //! A pure core (`rollout`, `report`, `pacing`, the decisions in `ledger`) and I/O at the edges
 //! (`ilert`, the ledger's persistence, `controller`).
 
-pub mod alerts;
-pub mod context;
-pub mod controller;
-pub mod ilert;
+pub mod domain;
 pub mod ledger;
 pub mod metrics;
-pub mod pacing;
-pub mod pairs;
 pub mod pipeline;
-pub mod report;
-pub mod rollout;
-pub mod server;
-pub mod supervisor;
-pub mod template;
+pub mod shell;
 
 use kube::CustomResourceExt;
 

@@ -4,11 +4,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
-use ilert_rollout_controller::controller::{self, Config, Readiness, Signals};
-use ilert_rollout_controller::ilert::IlertClient;
 use ilert_rollout_controller::metrics::Metrics;
 use ilert_rollout_controller::pipeline::IlertPipeline;
-use ilert_rollout_controller::server;
+use ilert_rollout_controller::shell::controller::{self, Config, Readiness, Signals};
+use ilert_rollout_controller::shell::ilert::IlertClient;
+use ilert_rollout_controller::shell::server;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -192,8 +192,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             page_bytes: args.ledger_page_kib as usize * 1024,
             pages: args.ledger_pages,
         },
-        instance: std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("{}-{}", controller::CONTROLLER_NAME, std::process::id())),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| {
+            format!(
+                "{}-{}",
+                ilert_rollout_controller::domain::keys::CONTROLLER_NAME,
+                std::process::id()
+            )
+        }),
     };
     info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -141,16 +141,16 @@ fn documented_metrics_match_the_registry() {
 fn documented_annotations_are_the_ones_the_controller_reads() {
     let docs = documented("ilert.com/");
     let actual: BTreeSet<String> = [
-        ilert_rollout_controller::rollout::IGNORE_ANNOTATION,
-        ilert_rollout_controller::controller::TEST_EVENT_ANNOTATION,
-        ilert_rollout_controller::template::SUMMARY_ANNOTATION,
-        ilert_rollout_controller::template::LINKS_ANNOTATION,
+        ilert_rollout_controller::domain::keys::IGNORE_ANNOTATION,
+        ilert_rollout_controller::domain::keys::TEST_EVENT_ANNOTATION,
+        ilert_rollout_controller::domain::keys::SUMMARY_ANNOTATION,
+        ilert_rollout_controller::domain::keys::LINKS_ANNOTATION,
         &format!(
             "{}<key>",
-            ilert_rollout_controller::template::DETAILS_ANNOTATION_PREFIX
+            ilert_rollout_controller::domain::keys::DETAILS_ANNOTATION_PREFIX
         ),
-        ilert_rollout_controller::template::USER_EMAIL_ANNOTATION,
-        ilert_rollout_controller::context::COMMIT_KEYS[0],
+        ilert_rollout_controller::domain::keys::USER_EMAIL_ANNOTATION,
+        ilert_rollout_controller::domain::keys::COMMIT_KEYS[0],
     ]
     .into_iter()
     .map(str::to_string)
@@ -171,7 +171,7 @@ fn the_limitations_do_not_deny_a_kind_that_is_reported() {
         .next()
         .unwrap_or_default()
         .replace('\n', " ");
-    for kind in ilert_rollout_controller::rollout::Kind::ALL {
+    for kind in ilert_rollout_controller::domain::rollout::Kind::ALL {
         assert!(
             reported.contains(&format!("{}s", kind.as_str())),
             "README's limitations do not say that {kind}s are reported: {reported}"

@@ -229,8 +229,10 @@ fn redirect_target(location: Option<&str>) -> String {
     };
     match reqwest::Url::parse(location) {
         Ok(url) => match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => crate::report::truncate(&format!("{host}:{port}"), 100),
-            (Some(host), None) => crate::report::truncate(host, 100),
+            (Some(host), Some(port)) => {
+                crate::domain::text::truncate(&format!("{host}:{port}"), 100)
+            }
+            (Some(host), None) => crate::domain::text::truncate(host, 100),
             (None, _) => "a location without a host".into(),
         },
         Err(_) if location.starts_with('/') => "another path on the same host".into(),
@@ -269,7 +271,7 @@ fn error_message(body: &str) -> String {
     } else {
         text
     };
-    crate::report::truncate(&text, 200)
+    crate::domain::text::truncate(&text, 200)
 }
 
 fn describe_transport_error(e: &reqwest::Error) -> String {

@@ -27,26 +27,25 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::alerts;
-use crate::ilert::{IlertClient, IntegrationKey, SendError};
+use crate::domain::alerts;
+use crate::domain::keys::{CONTROLLER_NAME, TEST_EVENT_ANNOTATION};
+use crate::domain::pacing::{Budget, Plan, backoff, later, retry_wait};
+use crate::domain::payload::DeploymentEvent;
+use crate::domain::report;
+use crate::domain::rollout::{
+    Finished, History, Kind, Outcome, Progress, ReplicaSetView, RevisionView, Rollout,
+    WorkloadView, resolve_replica_set, resolve_revision,
+};
+use crate::domain::template::Templates;
+use crate::domain::text::{WorkloadRef, truncate};
 use crate::ledger::{Decision, Entry, Ledger, RolloutKey, Sight, State, Times, Verdict, judge};
 use crate::metrics::{Metrics, PipelineLabels};
-use crate::pacing::{Budget, Plan, backoff, later, retry_wait};
 use crate::pipeline::{
     AlertPriority, AlertsSpec, IlertPipeline, IlertPipelineSpec, IlertPipelineStatus, LastEvent,
     SecretKeyRef, TestEventStatus,
 };
-use crate::report::{self, DeploymentEvent};
-use crate::rollout::{
-    Finished, History, Kind, Outcome, Progress, ReplicaSetView, RevisionView, Rollout,
-    WorkloadView, resolve_replica_set, resolve_revision,
-};
-use crate::supervisor::{Ended, supervise};
-use crate::template::Templates;
-
-pub const CONTROLLER_NAME: &str = "ilert-rollout-controller";
-/// Annotating a pipeline with a new value of this sends one test event.
-pub const TEST_EVENT_ANNOTATION: &str = "ilert.com/test-event";
+use crate::shell::ilert::{IlertClient, IntegrationKey, SendError};
+use crate::shell::supervisor::{Ended, supervise};
 
 /// Settings of one controller instance.
 #[derive(Clone, Debug)]
@@ -2722,13 +2721,12 @@ fn outcome_entries(batch: &[(RolloutKey, Entry)], state: State) -> Batch {
 
 /// `Kind/namespace/name` -> a reference to that workload.
 fn workload_reference(workload: &str) -> Option<ObjectReference> {
-    let mut parts = workload.splitn(3, '/');
-    let (kind, namespace, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let w = WorkloadRef::parse(workload)?;
     Some(ObjectReference {
         api_version: Some("apps/v1".into()),
-        kind: Some(kind.into()),
-        namespace: Some(namespace.into()),
-        name: Some(name.into()),
+        kind: Some(w.kind.into()),
+        namespace: Some(w.namespace.into()),
+        name: Some(w.name.into()),
         ..Default::default()
     })
 }
@@ -2744,7 +2742,7 @@ async fn publish(
     let ev = KubeEvent {
         type_,
         reason: reason.into(),
-        note: Some(report::truncate(note, 1000)),
+        note: Some(truncate(note, 1000)),
         action: if type_ == EventType::Normal {
             "Report".into()
         } else {

@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+pub use crate::domain::payload::{AlertEvent, EventType};
+use crate::domain::payload::{DeploymentEvent, MAX_SUMMARY_CHARS};
+use crate::domain::rollout::Outcome;
+use crate::domain::text::{WorkloadRef, on_cluster, truncate};
 use crate::ledger::{Entry, RolloutKey, State};
 use crate::pipeline::AlertPriority;
-use crate::report::{DeploymentEvent, EventLink, MAX_SUMMARY_CHARS, truncate};
-use crate::rollout::Outcome;
 
 /// The alerts ledger of pipeline `uid` (ConfigMaps `ilert-ledger-<uid>-alerts-<shard>`).
 pub fn ledger_id(pipeline_uid: &str) -> String {
@@ -27,32 +28,6 @@ pub const GONE_REVISION: u64 = u64::MAX;
 /// The pipeline a ledger id belongs to (its own uid, or the uid its alerts ledger is named after).
 pub fn pipeline_of(ledger_id: &str) -> &str {
     ledger_id.strip_suffix(LEDGER_SUFFIX).unwrap_or(ledger_id)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum EventType {
-    Alert,
-    Resolve,
-}
-
-/// The body of `POST /api/events`, without the integration key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AlertEvent {
-    pub event_type: EventType,
-    pub summary: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<String>,
-    pub alert_key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<AlertPriority>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub links: Vec<EventLink>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub custom_details: Map<String, Value>,
 }
 
 /// One key per workload and cluster: every failure of the workload lands in the same open alert,
@@ -188,12 +163,15 @@ pub fn event(
 /// The RESOLVE for a workload that was deleted with its alert open: nothing will ever roll it
 /// out again to resolve it.
 pub fn gone_event(workload: &str, cluster: &str) -> AlertEvent {
-    let mut parts = workload.splitn(3, '/');
-    let (kind, namespace, name) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
+    let WorkloadRef {
+        kind,
+        namespace,
+        name,
+    } = WorkloadRef::parse(workload).unwrap_or(WorkloadRef {
+        kind: workload,
+        namespace: "",
+        name: "",
+    });
     let mut labels = BTreeMap::new();
     if !cluster.is_empty() {
         labels.insert("cluster".to_string(), cluster.to_string());
@@ -201,11 +179,7 @@ pub fn gone_event(workload: &str, cluster: &str) -> AlertEvent {
     labels.insert("namespace".to_string(), namespace.to_string());
     labels.insert("kind".to_string(), kind.to_string());
     labels.insert("name".to_string(), name.to_string());
-    let on = if cluster.is_empty() {
-        String::new()
-    } else {
-        format!(" on {cluster}")
-    };
+    let on = on_cluster(cluster);
     let mut custom_details = Map::new();
     custom_details.insert("source".into(), json!("ilert-rollout-controller"));
     custom_details.insert("reason".into(), json!("deleted"));
@@ -228,12 +202,14 @@ pub fn gone_event(workload: &str, cluster: &str) -> AlertEvent {
 
 /// `Kind/namespace/name` -> `-n namespace kind/name`.
 fn kubectl_ref(workload: &str) -> String {
-    let mut parts = workload.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(kind), Some(ns), Some(name)) => {
-            format!("-n {ns} {}/{name}", kind.to_ascii_lowercase())
-        }
-        _ => workload.to_string(),
+    match WorkloadRef::parse(workload) {
+        Some(w) => format!(
+            "-n {} {}/{}",
+            w.namespace,
+            w.kind.to_ascii_lowercase(),
+            w.name
+        ),
+        None => workload.to_string(),
     }
 }
 

@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::controller::Readiness;
 use crate::metrics::Metrics;
+use crate::shell::controller::Readiness;
 
 #[derive(Clone)]
 struct AppState {

@@ -9,27 +9,27 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ManagedFieldsEntry, ObjectMeta,
 };
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::pairs::Pairs;
+use crate::domain::keys::{
+    ARGOCD_TRACKING_ID, CHANGE_CAUSE_ANNOTATION, COMMIT_KEYS, HELM_RELEASE_NAME,
+    HELM_RELEASE_NAMESPACE, IGNORE_ANNOTATION, OUR_PREFIX, REVISION_ANNOTATION,
+    REVISION_HISTORY_ANNOTATION,
+};
+use crate::domain::pairs::Pairs;
+pub use crate::pipeline::Kind;
 
-pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
-pub const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
-pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 /// Kept annotation values are cut to this many characters.
 pub const MAX_ANNOTATION_CHARS: usize = 1024;
-pub const IGNORE_ANNOTATION: &str = "ilert.com/ignore";
 /// Annotations copied into the compact view; everything else (notably
 /// `kubectl.kubernetes.io/last-applied-configuration`, which can hold secrets) is dropped at once.
 const KEPT_ANNOTATIONS: &[&str] = &[
     REVISION_ANNOTATION,
     CHANGE_CAUSE_ANNOTATION,
-    crate::context::HELM_RELEASE_NAME,
-    crate::context::HELM_RELEASE_NAMESPACE,
-    crate::context::ARGOCD_TRACKING_ID,
+    HELM_RELEASE_NAME,
+    HELM_RELEASE_NAMESPACE,
+    ARGOCD_TRACKING_ID,
 ];
-const KEPT_ANNOTATION_PREFIX: &str = "ilert.com/";
 
 /// How a finished rollout ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -60,34 +60,6 @@ pub enum Progress {
     Complete,
     /// Progressing=False with reason ProgressDeadlineExceeded.
     Failed,
-}
-
-/// The kinds of workload whose rollouts are reported.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
-pub enum Kind {
-    Deployment,
-    StatefulSet,
-    DaemonSet,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Deployment => "Deployment",
-            Kind::StatefulSet => "StatefulSet",
-            Kind::DaemonSet => "DaemonSet",
-        }
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// What is kept in memory of a watched Deployment: only what rollout detection, selection and the
@@ -164,12 +136,17 @@ impl WorkloadView {
                 .flatten()
                 .filter(|(k, _)| {
                     KEPT_ANNOTATIONS.contains(&k.as_str())
-                        || k.starts_with(KEPT_ANNOTATION_PREFIX)
-                        || crate::context::COMMIT_KEYS.contains(&k.as_str())
+                        || k.starts_with(OUR_PREFIX)
+                        || COMMIT_KEYS.contains(&k.as_str())
                 })
                 // A kept annotation is a line of context, not a document: a 100 KB change-cause
                 // would sit in memory for every workload and in every event.
-                .map(|(k, v)| (k.clone(), crate::report::truncate(v, MAX_ANNOTATION_CHARS)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        crate::domain::text::truncate(v, MAX_ANNOTATION_CHARS),
+                    )
+                })
                 .collect(),
             generation: meta.generation.unwrap_or(0),
             observed_generation: 0,

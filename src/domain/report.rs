@@ -3,55 +3,25 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::context::{commit, image_changes, owners, template_context, tool_of_manager};
-use crate::pairs::Pairs;
-use crate::rollout::{CHANGE_CAUSE_ANNOTATION, Outcome, Rollout};
-use crate::template::{self, Templates};
-
-/// ilert's own GitHub action cuts the summary at 1024 characters.
-pub const MAX_SUMMARY_CHARS: usize = 1024;
-/// ... and keeps the whole message under 256 KiB.
-pub const MAX_EVENT_BYTES: usize = 256 * 1024;
-/// At most this many rollouts go into one combined event.
-pub const MAX_COMBINED: usize = 100;
-/// An event shaped by templates and annotations larger than this goes out without them: a
-/// pending event sits in a ledger ConfigMap (1 MiB for a shard), and a page should be short.
-pub const MAX_SHAPED_BYTES: usize = 32 * 1024;
-
-/// The body of `POST /api/deployment-events`, without the integration key.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentEvent {
-    pub summary: String,
-    /// Epoch milliseconds of when the rollout finished.
-    pub timestamp: i64,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub custom_details: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub links: Vec<EventLink>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_email: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventLink {
-    pub href: String,
-    pub text: String,
-}
+use crate::domain::context::{commit, image_changes, owners, template_context, tool_of_manager};
+use crate::domain::keys::{CHANGE_CAUSE_ANNOTATION, RECOMMENDED_LABEL_PREFIX};
+use crate::domain::pairs::Pairs;
+use crate::domain::payload::{
+    DeploymentEvent, MAX_COMBINED, MAX_EVENT_BYTES, MAX_SHAPED_BYTES, MAX_SUMMARY_CHARS,
+};
+use crate::domain::rollout::{Outcome, Rollout};
+use crate::domain::template::{self, Templates};
+use crate::domain::text::{on_cluster, truncate};
 
 /// One line a human reads in ilert; a failure or rollback says so in its first words.
 pub fn summary(rollout: &Rollout, cluster: &str) -> String {
     let w = &rollout.workload;
     let what = format!("{} {}/{}", w.kind, w.namespace, w.name);
     let images = images_line(&rollout.workload.images);
-    let on = if cluster.is_empty() {
-        String::new()
-    } else {
-        format!(" on {cluster}")
-    };
+    let on = on_cluster(cluster);
     let rev = rollout.revision;
     let line = match rollout.outcome {
         Outcome::Completed => format!("{what} rolled out {images} (revision {rev}){on}"),
@@ -74,16 +44,6 @@ fn images_line(images: &Pairs) -> String {
         1..=3 => distinct.join(", "),
         n => format!("{}, {} and {} more", distinct[0], distinct[1], n - 2),
     }
-}
-
-/// Cuts `s` to at most `max` characters, ending with an ellipsis when cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// The event for one finished rollout, shaped by the pipeline's templates (checked when the
@@ -207,7 +167,7 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
     let app_labels: BTreeMap<&str, &str> = w
         .labels
         .iter()
-        .filter(|(k, _)| k.starts_with("app.kubernetes.io/"))
+        .filter(|(k, _)| k.starts_with(RECOMMENDED_LABEL_PREFIX))
         .collect();
     if !app_labels.is_empty() {
         d.insert("labels".into(), json!(app_labels));
@@ -222,11 +182,7 @@ pub fn test_event(
     value: &str,
     now: jiff::Timestamp,
 ) -> DeploymentEvent {
-    let on = if cluster.is_empty() {
-        String::new()
-    } else {
-        format!(" on {cluster}")
-    };
+    let on = on_cluster(cluster);
     let mut d = Map::new();
     d.insert("test".into(), json!(true));
     d.insert("pipeline".into(), json!(pipeline));
@@ -255,11 +211,7 @@ pub fn combine(events: &[DeploymentEvent], cluster: &str) -> DeploymentEvent {
     if events.len() == 1 {
         return events[0].clone();
     }
-    let on = if cluster.is_empty() {
-        String::new()
-    } else {
-        format!(" on {cluster}")
-    };
+    let on = on_cluster(cluster);
     let failures = events
         .iter()
         .filter(|e| {
@@ -336,7 +288,7 @@ pub fn combinable(events: &[DeploymentEvent], cluster: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{History, WorkloadView};
+    use crate::domain::rollout::{History, WorkloadView};
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 
     fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {

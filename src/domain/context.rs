@@ -6,40 +6,15 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::pairs::Pairs;
-use crate::rollout::{CHANGE_CAUSE_ANNOTATION, Rollout};
+use crate::domain::keys::{
+    ARGOCD_INSTANCE_LABEL, ARGOCD_TRACKING_ID, CHANGE_CAUSE_ANNOTATION, COMMIT_KEYS,
+    FLUX_HELM_RELEASE, FLUX_KUSTOMIZATION, HELM_RELEASE_NAME, HELM_RELEASE_NAMESPACE,
+    INSTANCE_LABEL, MANAGED_BY_LABEL,
+};
+use crate::domain::pairs::Pairs;
+use crate::domain::rollout::Rollout;
 
 /// Helm 3 stamps every object it installs with its release.
-pub const HELM_RELEASE_NAME: &str = "meta.helm.sh/release-name";
-pub const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
-/// Argo CD's annotation tracking: `<app>:<group>/<kind>:<namespace>/<name>`, the app written
-/// `<namespace>_<app>` when it lives outside Argo CD's own namespace.
-pub const ARGOCD_TRACKING_ID: &str = "argocd.argoproj.io/tracking-id";
-/// Argo CD's label tracking, when configured with its own label key.
-const ARGOCD_INSTANCE_LABEL: &str = "argocd.argoproj.io/instance";
-/// Flux labels every object it applies with the Kustomization or HelmRelease that applied it.
-const FLUX_KUSTOMIZATION: (&str, &str) = (
-    "kustomize.toolkit.fluxcd.io/name",
-    "kustomize.toolkit.fluxcd.io/namespace",
-);
-const FLUX_HELM_RELEASE: (&str, &str) = (
-    "helm.toolkit.fluxcd.io/name",
-    "helm.toolkit.fluxcd.io/namespace",
-);
-/// Where pipelines commonly put the commit a workload was built from, first match wins;
-/// looked up in the annotations, then the labels.
-pub const COMMIT_KEYS: &[&str] = &[
-    "ilert.com/commit",
-    "app.kubernetes.io/commit",
-    "commit",
-    "commit-sha",
-    "git-commit",
-    "git-sha",
-    "git.commit",
-    "vcs-ref",
-    "org.opencontainers.image.revision",
-];
-
 /// An object of a deployment tool that owns the workload.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Owner {
@@ -95,9 +70,9 @@ pub fn owners(labels: &Pairs, annotations: &Pairs) -> Vec<Owner> {
             annotations.get(HELM_RELEASE_NAMESPACE).map(str::to_string),
         )),
         // Helm 2 and charts that only label: managed-by=Helm names the release as instance.
-        None if labels.get("app.kubernetes.io/managed-by") == Some("Helm") => labels
-            .get("app.kubernetes.io/instance")
-            .map(|name| (name, None)),
+        None if labels.get(MANAGED_BY_LABEL) == Some("Helm") => {
+            labels.get(INSTANCE_LABEL).map(|name| (name, None))
+        }
         None => None,
     };
     if let Some((name, namespace)) = helm {

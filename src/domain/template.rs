@@ -1,6 +1,6 @@
 //! Pure: a pipeline's `spec.template` and a workload's `ilert.com/*` annotations shape its events.
 //!
-//! Templates are minijinja, rendered over [`crate::context::template_context`]. A pipeline's
+//! Templates are minijinja, rendered over [`crate::domain::context::template_context`]. A pipeline's
 //! templates are checked when the pipeline is applied (parsed, and rendered once over a sample
 //! context, which also catches unknown filters): a broken one makes that pipeline Ready=False and
 //! touches no other. A workload's annotations are rendered when its rollout is reported; one that
@@ -12,13 +12,12 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::domain::keys::{
+    DETAILS_ANNOTATION_PREFIX, LINKS_ANNOTATION, SUMMARY_ANNOTATION, USER_EMAIL_ANNOTATION,
+};
+use crate::domain::payload::EventLink;
+use crate::domain::text::truncate;
 use crate::pipeline::{EventTemplate, LinkTemplate};
-use crate::report::{EventLink, truncate};
-
-pub const SUMMARY_ANNOTATION: &str = "ilert.com/summary";
-pub const LINKS_ANNOTATION: &str = "ilert.com/links";
-pub const DETAILS_ANNOTATION_PREFIX: &str = "ilert.com/details.";
-pub const USER_EMAIL_ANNOTATION: &str = "ilert.com/user-email";
 
 /// Whether a workload annotation shapes its events (and so needs the template context).
 pub fn shapes(key: &str) -> bool {

@@ -1,0 +1,14 @@
+//! The pure core: what a rollout is, what it owes each pipeline, what goes to ilert, when, and
+//! what status says. Functions from data to data and intents: no API server, no HTTP, no tasks,
+//! no clock (time comes in as a parameter). `tests/architecture.rs` holds every file here to that.
+
+pub mod alerts;
+pub mod context;
+pub mod keys;
+pub mod pacing;
+pub mod pairs;
+pub mod payload;
+pub mod report;
+pub mod rollout;
+pub mod template;
+pub mod text;
