@@ -4,7 +4,6 @@
 //! (`ilert`, the ledger's persistence, `controller`).
 
 pub mod domain;
-pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod shell;

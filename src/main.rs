@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use ilert_rollout_controller::metrics::Metrics;
 use ilert_rollout_controller::pipeline::IlertPipeline;
-use ilert_rollout_controller::shell::controller::{self, Config, Readiness, Signals};
 use ilert_rollout_controller::shell::ilert::IlertClient;
 use ilert_rollout_controller::shell::server;
+use ilert_rollout_controller::shell::{self, Config, Readiness, Signals};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -188,7 +188,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
         ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),
         lease: args.leader_elect.then(|| args.lease_name.clone()),
-        ledger_capacity: ilert_rollout_controller::ledger::Capacity {
+        ledger_capacity: ilert_rollout_controller::domain::ledger::Capacity {
             page_bytes: args.ledger_page_kib as usize * 1024,
             pages: args.ledger_pages,
         },
@@ -244,7 +244,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         (rx, None)
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let controller = controller::run(
+    let controller = shell::run(
         client,
         ilert,
         cfg,

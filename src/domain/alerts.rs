@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::domain::ledger::{Entry, RolloutKey, State};
 pub use crate::domain::payload::{AlertEvent, EventType};
 use crate::domain::payload::{DeploymentEvent, MAX_SUMMARY_CHARS};
 use crate::domain::rollout::Outcome;
 use crate::domain::text::{WorkloadRef, on_cluster, truncate};
-use crate::ledger::{Entry, RolloutKey, State};
 use crate::pipeline::AlertPriority;
 
 /// The alerts ledger of pipeline `uid` (ConfigMaps `ilert-ledger-<uid>-alerts-<shard>`).

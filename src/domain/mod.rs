@@ -3,12 +3,18 @@
 //! no clock (time comes in as a parameter). `tests/architecture.rs` holds every file here to that.
 
 pub mod alerts;
+pub mod channel;
 pub mod context;
+pub mod decide;
+pub mod index;
 pub mod keys;
+pub mod ledger;
 pub mod pacing;
 pub mod pairs;
 pub mod payload;
 pub mod report;
 pub mod rollout;
+pub mod selection;
+pub mod status;
 pub mod template;
 pub mod text;

@@ -2,7 +2,19 @@
 //! writes, Kubernetes Events, ilert's HTTP API and the probe server. They call into
 //! [`crate::domain`] for every decision and carry out what it returns.
 
-pub mod controller;
+pub mod brain;
+pub mod events;
+pub mod handle;
 pub mod ilert;
+pub mod ledger_store;
+pub mod outbox;
+pub mod secrets;
+pub mod sender;
 pub mod server;
+pub mod shared;
+pub mod status_writer;
 pub mod supervisor;
+pub mod watch;
+
+pub use brain::{Signals, run};
+pub use shared::{Config, Readiness};

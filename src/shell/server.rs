@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
-use crate::shell::controller::Readiness;
+use crate::shell::shared::Readiness;
 
 #[derive(Clone)]
 struct AppState {

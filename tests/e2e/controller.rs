@@ -328,7 +328,7 @@ async fn a_missing_secret_holds_events_until_it_exists_and_rotation_needs_no_res
         )
         .await
         .unwrap();
-    tokio::time::sleep(ilert_rollout_controller::shell::controller::KEY_MAX_AGE).await;
+    tokio::time::sleep(ilert_rollout_controller::shell::sender::KEY_MAX_AGE).await;
     apply(&w.deployments, "api", &deployment("api", "nginx:1.26", 1)).await;
     let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
     assert_eq!(events[1]["integrationKey"], "ilapid-second");
