@@ -24,54 +24,55 @@ pub struct Selection {
     pub alerts: Option<AlertsSpec>,
 }
 
-/// Checks a pipeline's selectors and tenancy.
-pub fn selection(
-    spec: &IlertPipelineSpec,
-    namespace: &str,
-    trusted: &[String],
-) -> Result<Selection, Problem> {
-    let namespaces = match &spec.namespace_selector {
-        None => None,
-        Some(_) if !trusted.iter().any(|t| t == namespace) => {
-            return Err(Problem {
-                reason: Reason::NamespaceSelectorNotAllowed,
-                message: format!(
-                    "spec.namespaceSelector is only honoured for pipelines in the controller's trusted namespaces ({}); remove it to report this namespace's workloads, or create the pipeline in a trusted namespace",
-                    trusted.join(", ")
-                ),
-            });
-        }
-        Some(sel) => Some(Selector::try_from(sel.clone()).map_err(|e| Problem {
-            reason: Reason::InvalidSelector,
-            message: format!("spec.namespaceSelector is invalid: {e}"),
-        })?),
-    };
-    let workloads = match &spec.selector {
-        None => Selector::default(),
-        Some(sel) => Selector::try_from(sel.clone()).map_err(|e| Problem {
-            reason: Reason::InvalidSelector,
-            message: format!("spec.selector is invalid: {e}"),
-        })?,
-    };
-    let templates = match &spec.template {
-        None => None,
-        Some(t) => Some(Arc::new(Templates::check(t).map_err(|e| Problem {
-            reason: Reason::InvalidTemplate,
-            message: format!(
-                "spec.template does not render: {e}; no events are sent until it is fixed, then the latest rollout of each workload is"
-            ),
-        })?)),
-    };
-    Ok(Selection {
-        namespaces,
-        workloads,
-        kinds: spec.workloads.clone().unwrap_or_else(|| Kind::ALL.to_vec()),
-        templates,
-        alerts: spec.alerts.clone(),
-    })
-}
-
 impl Selection {
+    /// Checks a pipeline's selectors, template and tenancy: `namespace` is the pipeline's,
+    /// `trusted` the namespaces whose pipelines may select other namespaces.
+    pub fn check(
+        spec: &IlertPipelineSpec,
+        namespace: &str,
+        trusted: &[String],
+    ) -> Result<Self, Problem> {
+        let namespaces = match &spec.namespace_selector {
+            None => None,
+            Some(_) if !trusted.iter().any(|t| t == namespace) => {
+                return Err(Problem {
+                    reason: Reason::NamespaceSelectorNotAllowed,
+                    message: format!(
+                        "spec.namespaceSelector is only honoured for pipelines in the controller's trusted namespaces ({}); remove it to report this namespace's workloads, or create the pipeline in a trusted namespace",
+                        trusted.join(", ")
+                    ),
+                });
+            }
+            Some(sel) => Some(Selector::try_from(sel.clone()).map_err(|e| Problem {
+                reason: Reason::InvalidSelector,
+                message: format!("spec.namespaceSelector is invalid: {e}"),
+            })?),
+        };
+        let workloads = match &spec.selector {
+            None => Selector::default(),
+            Some(sel) => Selector::try_from(sel.clone()).map_err(|e| Problem {
+                reason: Reason::InvalidSelector,
+                message: format!("spec.selector is invalid: {e}"),
+            })?,
+        };
+        let templates = match &spec.template {
+            None => None,
+            Some(t) => Some(Arc::new(Templates::check(t).map_err(|e| Problem {
+                reason: Reason::InvalidTemplate,
+                message: format!(
+                    "spec.template does not render: {e}; no events are sent until it is fixed, then the latest rollout of each workload is"
+                ),
+            })?)),
+        };
+        Ok(Selection {
+            namespaces,
+            workloads,
+            kinds: spec.workloads.clone().unwrap_or_else(|| Kind::ALL.to_vec()),
+            templates,
+            alerts: spec.alerts.clone(),
+        })
+    }
+
     /// Whether a workload is selected by a pipeline in `pipeline_namespace`, with `namespaces`
     /// the labels of every namespace.
     pub fn selects(

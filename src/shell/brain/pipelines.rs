@@ -16,7 +16,7 @@ use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::report;
 use crate::pipeline::IlertPipeline;
 
-use crate::domain::selection::selection;
+use crate::domain::selection::Selection;
 use crate::domain::status::Stats;
 use crate::shell::brain::Brain;
 use crate::shell::brain::owed::record_and_queue;
@@ -83,7 +83,7 @@ impl Brain {
                 self.maybe_test_event(&uid);
                 return (uid, false);
             }
-            let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
+            let sel = Selection::check(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
             let mut s = lock(&h.stats);
             let problem = sel.as_ref().err().cloned();
             // Our own status writes come back here: only a real change needs another write.
@@ -108,7 +108,7 @@ impl Brain {
             self.maybe_test_event(&uid);
             return (uid, true);
         }
-        let sel = selection(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
+        let sel = Selection::check(&p.spec, &namespace, &self.shared.cfg.trusted_namespaces);
         let stats = Arc::new(Mutex::new(Stats {
             generation: p.metadata.generation,
             config_problem: sel.as_ref().err().cloned(),
