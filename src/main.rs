@@ -188,7 +188,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
         ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),
         lease: args.leader_elect.then(|| args.lease_name.clone()),
-        ledger_capacity: ilert_rollout_controller::domain::ledger::Capacity {
+        ledger_capacity: ilert_rollout_controller::domain::book::Capacity {
             page_bytes: args.ledger_page_kib as usize * 1024,
             pages: args.ledger_pages,
         },

@@ -6,9 +6,8 @@
 use jiff::Timestamp;
 
 use crate::domain::alerts;
-use crate::domain::ledger::{
-    Book, Decision, Entry, RolloutKey, Sight, State, Times, Verdict, Writes, judge,
-};
+use crate::domain::book::{Book, Writes};
+use crate::domain::ledger::{Decision, Entry, RolloutKey, Sight, State, Times, Verdict, judge};
 use crate::domain::rollout::{Finished, Outcome, Progress, WorkloadView};
 use crate::pipeline::AlertPriority;
 

@@ -12,13 +12,13 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use serde_json::json;
 use tracing::warn;
 
+use crate::domain::book::{
+    Book, Capacity, Data, Place, StoredPage, Writes, configmap_name, deposed_share, is_pending,
+};
 use crate::domain::keys::{
     CONTROLLER_NAME, EPOCH_ANNOTATION, MANAGED_BY_LABEL, PIPELINE_UID_LABEL,
 };
-use crate::domain::ledger::{
-    Book, Capacity, Data, Place, RolloutKey, StoredPage, Writes, configmap_name, deposed_share,
-    is_pending,
-};
+use crate::domain::ledger::RolloutKey;
 
 /// Writes waiting for one shard (pipeline uid, shard digit): while one patch is on the wire, later
 /// writes gather here and go out together in the next patch (group commit). Under a burst this

@@ -35,7 +35,7 @@ pub struct Config {
     /// The Lease of leader election in `namespace`; None: no election, always leading.
     pub lease: Option<String>,
     /// How much delivery state one pipeline may keep in ConfigMaps.
-    pub ledger_capacity: crate::domain::ledger::Capacity,
+    pub ledger_capacity: crate::domain::book::Capacity,
     pub instance: String,
 }
 

@@ -10,8 +10,8 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::domain::alerts;
+use crate::domain::book::Book;
 use crate::domain::keys::TEST_EVENT_ANNOTATION;
-use crate::domain::ledger::Book;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::report;
 use crate::pipeline::IlertPipeline;
