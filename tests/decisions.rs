@@ -19,11 +19,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use proptest::prelude::*;
 
+use ilert_rollout_controller::domain::history::{ReplicaSetView, resolve_replica_set};
 use ilert_rollout_controller::domain::keys::REVISION_ANNOTATION;
 use ilert_rollout_controller::domain::ledger::{RolloutKey, Sight, Verdict, judge};
-use ilert_rollout_controller::domain::rollout::{
-    Kind, Outcome, ReplicaSetView, WorkloadView, resolve_replica_set,
-};
+use ilert_rollout_controller::domain::rollout::{Kind, Outcome, WorkloadView};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));

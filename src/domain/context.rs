@@ -6,13 +6,13 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::domain::history::Rollout;
 use crate::domain::keys::{
     ARGOCD_INSTANCE_LABEL, ARGOCD_TRACKING_ID, CHANGE_CAUSE_ANNOTATION, COMMIT_KEYS,
     FLUX_HELM_RELEASE, FLUX_KUSTOMIZATION, HELM_RELEASE_NAME, HELM_RELEASE_NAMESPACE,
     INSTANCE_LABEL, MANAGED_BY_LABEL,
 };
 use crate::domain::pairs::Pairs;
-use crate::domain::rollout::Rollout;
 
 /// Helm 3 stamps every object it installs with its release.
 /// An object of a deployment tool that owns the workload.

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use kube::runtime::watcher::Event;
 
-use crate::domain::rollout::{
-    Kind, ReplicaSetView, RevisionView, WorkloadView, resolve_replica_set, resolve_revision,
-};
+use crate::domain::history::{ReplicaSetView, RevisionView, resolve_replica_set, resolve_revision};
+use crate::domain::rollout::{Kind, WorkloadView};
 
 /// A view of an object that a workload controls: a ReplicaSet, a ControllerRevision.
 pub trait OwnedView {

@@ -7,12 +7,13 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::domain::context::{commit, image_changes, owners, template_context, tool_of_manager};
+use crate::domain::history::Rollout;
 use crate::domain::keys::{CHANGE_CAUSE_ANNOTATION, RECOMMENDED_LABEL_PREFIX};
 use crate::domain::pairs::Pairs;
 use crate::domain::payload::{
     DeploymentEvent, MAX_COMBINED, MAX_EVENT_BYTES, MAX_SHAPED_BYTES, MAX_SUMMARY_CHARS,
 };
-use crate::domain::rollout::{Outcome, Rollout};
+use crate::domain::rollout::Outcome;
 use crate::domain::template::{self, Templates};
 use crate::domain::text::{on_cluster, truncate};
 
@@ -288,7 +289,8 @@ pub fn combinable(events: &[DeploymentEvent], cluster: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::rollout::{History, WorkloadView};
+    use crate::domain::history::History;
+    use crate::domain::rollout::WorkloadView;
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 
     fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {

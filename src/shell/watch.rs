@@ -9,8 +9,9 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 
+use crate::domain::history::{ReplicaSetView, RevisionView};
 use crate::domain::pacing::backoff;
-use crate::domain::rollout::{Kind, ReplicaSetView, RevisionView, WorkloadView};
+use crate::domain::rollout::{Kind, WorkloadView};
 use crate::pipeline::IlertPipeline;
 
 use crate::shell::shared::jitter;

@@ -2,6 +2,8 @@
 
 //! Over objects captured from the real control plane (tests/fixtures, `make fixtures`).
 use super::*;
+use crate::domain::history::*;
+use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -23,9 +23,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
+use crate::domain::history::{ReplicaSetView, RevisionView};
 use crate::domain::keys::CONTROLLER_NAME;
 use crate::domain::pacing::backoff;
-use crate::domain::rollout::{Kind, ReplicaSetView, RevisionView, WorkloadView};
+use crate::domain::rollout::{Kind, WorkloadView};
 use crate::metrics::Metrics;
 use crate::pipeline::IlertPipeline;
 use crate::shell::ilert::IlertClient;

@@ -13,10 +13,11 @@ use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
 use crate::domain::decide;
+use crate::domain::history::{History, Rollout};
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::payload::DeploymentEvent;
 use crate::domain::report;
-use crate::domain::rollout::{Finished, History, Kind, Outcome, Rollout, WorkloadView};
+use crate::domain::rollout::{Finished, Kind, Outcome, WorkloadView};
 use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
 
