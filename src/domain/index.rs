@@ -41,18 +41,64 @@ pub enum Applied {
     Nothing,
 }
 
+/// A watch's re-list in progress. kube's watcher sends `Init`, the listed objects
+/// (`InitApply`), then `InitDone`: only then does the new list replace what was known, so
+/// objects deleted while the watch was away are seen gone. The one place that buffer swap is
+/// written (kube-runtime's `Writer::apply_watcher_event` does the same for its stores).
+pub struct Relist<T> {
+    fresh: Option<T>,
+}
+
+impl<T> Default for Relist<T> {
+    fn default() -> Self {
+        Relist { fresh: None }
+    }
+}
+
+/// One watch event, after [`Relist::step`].
+pub enum Step<T, V> {
+    /// An object of the list in progress (None: the list starts); add it with [`Relist::add`].
+    Listing(Option<V>),
+    /// The list is complete: everything that exists now.
+    Listed(T),
+    Applied(V),
+    Deleted(V),
+}
+
+impl<T: Default> Relist<T> {
+    pub fn step<V>(&mut self, ev: Event<V>) -> Step<T, V> {
+        match ev {
+            Event::Init => {
+                self.fresh = Some(T::default());
+                Step::Listing(None)
+            }
+            Event::InitApply(v) => Step::Listing(Some(v)),
+            Event::InitDone => Step::Listed(self.fresh.take().unwrap_or_default()),
+            Event::Apply(v) => Step::Applied(v),
+            Event::Delete(v) => Step::Deleted(v),
+        }
+    }
+
+    /// Adds to the list in progress (nothing happens outside one).
+    pub fn add(&mut self, f: impl FnOnce(&mut T)) {
+        if let Some(t) = self.fresh.as_mut() {
+            f(t);
+        }
+    }
+}
+
 /// Views of owned objects by the UID of the workload that controls them (a few each: a Vec, not
 /// a map), kept from a watch so the history of a rollout needs no list.
 pub struct OwnedCache<V> {
-    pub by_owner: HashMap<String, Vec<V>>,
-    pub init: Option<HashMap<String, Vec<V>>>,
+    by_owner: HashMap<String, Vec<V>>,
+    relist: Relist<HashMap<String, Vec<V>>>,
 }
 
 impl<V> Default for OwnedCache<V> {
     fn default() -> Self {
         OwnedCache {
             by_owner: HashMap::new(),
-            init: None,
+            relist: Relist::default(),
         }
     }
 }
@@ -63,29 +109,24 @@ impl<V: OwnedView> OwnedCache<V> {
     }
 
     pub fn apply(&mut self, ev: Event<V>) -> Applied {
-        match ev {
-            Event::Init => {
-                self.init = Some(HashMap::new());
+        match self.relist.step(ev) {
+            Step::Listing(None) => Applied::Nothing,
+            Step::Listing(Some(view)) => {
+                self.relist.add(|m| Self::insert(m, view));
                 Applied::Nothing
             }
-            Event::InitApply(view) => {
-                if let Some(m) = self.init.as_mut() {
-                    Self::insert(m, view);
-                }
-                Applied::Nothing
-            }
-            Event::InitDone => {
-                self.by_owner = self.init.take().unwrap_or_default();
+            Step::Listed(fresh) => {
+                self.by_owner = fresh;
                 Applied::Synced
             }
-            Event::Apply(view) => match view.owner().map(str::to_string) {
+            Step::Applied(view) => match view.owner().map(str::to_string) {
                 Some(owner) => {
                     Self::insert(&mut self.by_owner, view);
                     Applied::Owner(owner)
                 }
                 None => Applied::Nothing,
             },
-            Event::Delete(view) => {
+            Step::Deleted(view) => {
                 let Some(owner) = view.owner().map(str::to_string) else {
                     return Applied::Nothing;
                 };
@@ -121,5 +162,64 @@ pub fn resolve_owned(
         w.current_replica_set = resolve_replica_set(w, replica_sets.get(&w.uid));
     } else {
         w.controller_revision = resolve_revision(w, revisions.get(&w.uid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(uid: &str, owner: &str) -> ReplicaSetView {
+        ReplicaSetView {
+            uid: uid.into(),
+            owner: Some(owner.into()),
+            ..ReplicaSetView::default()
+        }
+    }
+
+    /// A re-list replaces what was known only once it is complete: what was deleted while the
+    /// watch was away is gone after it, and nothing is gone during it.
+    #[test]
+    fn a_relist_replaces_the_cache_only_when_complete() {
+        let mut cache = OwnedCache::<ReplicaSetView>::default();
+        assert!(matches!(
+            cache.apply(Event::Apply(rs("a", "w1"))),
+            Applied::Owner(o) if o == "w1"
+        ));
+        assert!(matches!(
+            cache.apply(Event::Apply(rs("b", "w2"))),
+            Applied::Owner(_)
+        ));
+        assert!(matches!(cache.apply(Event::Init), Applied::Nothing));
+        assert!(matches!(
+            cache.apply(Event::InitApply(rs("a", "w1"))),
+            Applied::Nothing
+        ));
+        // Mid-list, the old state still answers.
+        assert_eq!(cache.get("w2").len(), 1);
+        assert!(matches!(cache.apply(Event::InitDone), Applied::Synced));
+        assert_eq!(cache.get("w1").len(), 1);
+        assert!(cache.get("w2").is_empty(), "deleted while away");
+        // An object seen again replaces its older view, a delete removes it.
+        cache.apply(Event::Apply(rs("a", "w1")));
+        assert_eq!(cache.get("w1").len(), 1);
+        cache.apply(Event::Delete(rs("a", "w1")));
+        assert!(cache.get("w1").is_empty());
+    }
+
+    #[test]
+    fn objects_listed_before_a_list_starts_are_not_taken_for_it() {
+        let mut r = Relist::<Vec<u8>>::default();
+        assert!(matches!(
+            r.step(Event::InitApply(1)),
+            Step::Listing(Some(1))
+        ));
+        r.add(|v| v.push(1));
+        assert!(matches!(r.step(Event::<u8>::Init), Step::Listing(None)));
+        r.add(|v| v.push(2));
+        match r.step(Event::<u8>::InitDone) {
+            Step::Listed(v) => assert_eq!(v, vec![2]),
+            _ => panic!("InitDone must complete the list"),
+        }
     }
 }

@@ -32,7 +32,7 @@ use crate::pipeline::IlertPipeline;
 use crate::shell::ilert::IlertClient;
 use crate::shell::ledger_store::Ledger;
 
-use crate::domain::index::{Applied, OwnedCache, resolve_owned};
+use crate::domain::index::{Applied, OwnedCache, Relist, Step, resolve_owned};
 use crate::shell::handle::PipelineHandle;
 use crate::shell::shared::{Config, Readiness, Shared, jitter, lock};
 use crate::shell::watch::{Input, Watch, project, watch_all};
@@ -44,9 +44,9 @@ pub(crate) struct Brain {
     pub(crate) namespaces: HashMap<String, BTreeMap<String, String>>,
     pub(crate) pipelines: HashMap<String, PipelineHandle>,
     /// Per kind: the list in progress.
-    pub(crate) init_workloads: HashMap<Kind, HashMap<String, WorkloadView>>,
-    pub(crate) init_namespaces: Option<HashMap<String, BTreeMap<String, String>>>,
-    pub(crate) init_pipelines: Option<HashSet<String>>,
+    pub(crate) relist_workloads: HashMap<Kind, Relist<HashMap<String, WorkloadView>>>,
+    pub(crate) relist_namespaces: Relist<HashMap<String, BTreeMap<String, String>>>,
+    pub(crate) relist_pipelines: Relist<HashSet<String>>,
     pub(crate) replica_sets: OwnedCache<ReplicaSetView>,
     pub(crate) revisions: OwnedCache<RevisionView>,
     pub(crate) synced: [bool; Watch::COUNT],
@@ -154,9 +154,9 @@ pub async fn run(
         workloads: HashMap::new(),
         namespaces: HashMap::new(),
         pipelines: HashMap::new(),
-        init_workloads: HashMap::new(),
-        init_namespaces: None,
-        init_pipelines: None,
+        relist_workloads: HashMap::new(),
+        relist_namespaces: Relist::default(),
+        relist_pipelines: Relist::default(),
         replica_sets: OwnedCache::default(),
         revisions: OwnedCache::default(),
         synced: [false; Watch::COUNT],
@@ -314,135 +314,9 @@ impl Brain {
 
     pub(crate) async fn handle(&mut self, input: Input) {
         match input {
-            Input::Workload(kind, ev) => match ev {
-                Event::Init => {
-                    self.init_workloads.insert(kind, HashMap::new());
-                }
-                Event::InitApply(view) => {
-                    let view = self.with_revision(view);
-                    if let Some(m) = self.init_workloads.get_mut(&kind) {
-                        m.insert(view.uid.clone(), view);
-                    }
-                }
-                Event::InitDone => {
-                    let fresh = self.init_workloads.remove(&kind).unwrap_or_default();
-                    let gone: Vec<String> = self
-                        .workloads
-                        .iter()
-                        .filter(|(k, w)| w.kind == kind && !fresh.contains_key(*k))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    self.workloads.retain(|_, w| w.kind != kind);
-                    self.workloads.extend(fresh);
-                    for uid in gone {
-                        for p in self.pipelines.values_mut() {
-                            p.selected.remove(&uid);
-                        }
-                    }
-                    self.synced[Watch::of(kind) as usize] = true;
-                    self.after_resync().await;
-                }
-                Event::Apply(view) => {
-                    let view = self.with_revision(view);
-                    let uid = view.uid.clone();
-                    self.workloads.insert(uid.clone(), view);
-                    if self.all_synced() {
-                        self.evaluate_workload(&uid, "workload");
-                    }
-                }
-                Event::Delete(view) => {
-                    let view = self.with_revision(view);
-                    let uid = view.uid.clone();
-                    // Its last state may hold a finished rollout not yet seen.
-                    self.workloads.insert(uid.clone(), view);
-                    if self.all_synced() {
-                        self.evaluate_workload(&uid, "workload");
-                    }
-                    self.workloads.remove(&uid);
-                    for p in self.pipelines.values_mut() {
-                        if p.selected.remove(&uid) {
-                            let mut s = lock(&p.stats);
-                            s.selected = p.selected.len() as u64;
-                            s.dirty = true;
-                        }
-                    }
-                    let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
-                    for p in pipelines {
-                        self.resolve_gone(&p, &uid);
-                        // What was delivered for it goes now, not at the next re-list.
-                        if self.leading {
-                            for id in [p.clone(), alerts::ledger_id(&p)] {
-                                self.shared.ledger.forget_workload(&id, &uid);
-                            }
-                        }
-                    }
-                }
-            },
-            Input::Namespace(ev) => match ev {
-                Event::Init => self.init_namespaces = Some(HashMap::new()),
-                Event::InitApply(ns) => {
-                    if let Some(m) = self.init_namespaces.as_mut() {
-                        m.insert(ns.name_any(), ns.labels().clone());
-                    }
-                }
-                Event::InitDone => {
-                    self.namespaces = self.init_namespaces.take().unwrap_or_default();
-                    self.synced[Watch::Namespaces as usize] = true;
-                    self.after_resync().await;
-                }
-                Event::Apply(ns) => {
-                    let name = ns.name_any();
-                    let labels = ns.labels().clone();
-                    if self.namespaces.get(&name) != Some(&labels) {
-                        self.namespaces.insert(name.clone(), labels);
-                        if self.all_synced() {
-                            let uids: Vec<String> = self
-                                .workloads
-                                .values()
-                                .filter(|w| w.namespace == name)
-                                .map(|w| w.uid.clone())
-                                .collect();
-                            for uid in uids {
-                                self.evaluate_workload(&uid, "namespace");
-                            }
-                        }
-                    }
-                }
-                Event::Delete(ns) => {
-                    self.namespaces.remove(&ns.name_any());
-                }
-            },
-            Input::Pipeline(ev) => match *ev {
-                Event::Init => self.init_pipelines = Some(HashSet::new()),
-                Event::InitApply(p) => {
-                    if let Some(s) = self.init_pipelines.as_mut() {
-                        s.insert(p.uid().unwrap_or_default());
-                    }
-                    // after_resync decides every pipeline once all watches are in.
-                    self.upsert_pipeline(&p);
-                }
-                Event::InitDone => {
-                    let seen = self.init_pipelines.take().unwrap_or_default();
-                    let gone: Vec<String> = self
-                        .pipelines
-                        .keys()
-                        .filter(|k| !seen.contains(*k))
-                        .cloned()
-                        .collect();
-                    for uid in gone {
-                        self.remove_pipeline(&uid).await;
-                    }
-                    self.synced[Watch::Pipelines as usize] = true;
-                    self.after_resync().await;
-                }
-                Event::Apply(p) => {
-                    let (uid, selection_changed) = self.upsert_pipeline(&p);
-                    if selection_changed && self.all_synced() {
-                        self.evaluate_pipeline(&uid, "pipeline");
-                    }
-                }
-                Event::Delete(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
-            },
+            Input::Workload(kind, ev) => self.workload_event(kind, ev).await,
+            Input::Namespace(ev) => self.namespace_event(ev).await,
+            Input::Pipeline(ev) => self.pipeline_event(*ev).await,
             Input::ReplicaSet(ev) => {
                 let applied = self.replica_sets.apply(ev);
                 self.owned_changed(applied, Watch::ReplicaSets).await;
@@ -451,6 +325,140 @@ impl Brain {
                 let applied = self.revisions.apply(ev);
                 self.owned_changed(applied, Watch::Revisions).await;
             }
+        }
+    }
+
+    async fn workload_event(&mut self, kind: Kind, ev: Event<WorkloadView>) {
+        match self.relist_workloads.entry(kind).or_default().step(ev) {
+            Step::Listing(None) => {}
+            Step::Listing(Some(view)) => {
+                let view = self.with_revision(view);
+                if let Some(r) = self.relist_workloads.get_mut(&kind) {
+                    r.add(|m| {
+                        m.insert(view.uid.clone(), view);
+                    });
+                }
+            }
+            Step::Listed(fresh) => {
+                let gone: Vec<String> = self
+                    .workloads
+                    .iter()
+                    .filter(|(k, w)| w.kind == kind && !fresh.contains_key(*k))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                self.workloads.retain(|_, w| w.kind != kind);
+                self.workloads.extend(fresh);
+                for uid in gone {
+                    for p in self.pipelines.values_mut() {
+                        p.selected.remove(&uid);
+                    }
+                }
+                self.synced[Watch::of(kind) as usize] = true;
+                self.after_resync().await;
+            }
+            Step::Applied(view) => {
+                let view = self.with_revision(view);
+                let uid = view.uid.clone();
+                self.workloads.insert(uid.clone(), view);
+                if self.all_synced() {
+                    self.evaluate_workload(&uid, "workload");
+                }
+            }
+            Step::Deleted(view) => {
+                let view = self.with_revision(view);
+                let uid = view.uid.clone();
+                // Its last state may hold a finished rollout not yet seen.
+                self.workloads.insert(uid.clone(), view);
+                if self.all_synced() {
+                    self.evaluate_workload(&uid, "workload");
+                }
+                self.workloads.remove(&uid);
+                for p in self.pipelines.values_mut() {
+                    if p.selected.remove(&uid) {
+                        let mut s = lock(&p.stats);
+                        s.selected = p.selected.len() as u64;
+                        s.dirty = true;
+                    }
+                }
+                let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
+                for p in pipelines {
+                    self.resolve_gone(&p, &uid);
+                    // What was delivered for it goes now, not at the next re-list.
+                    if self.leading {
+                        for id in [p.clone(), alerts::ledger_id(&p)] {
+                            self.shared.ledger.forget_workload(&id, &uid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn namespace_event(&mut self, ev: Event<PartialObjectMeta<Namespace>>) {
+        match self.relist_namespaces.step(ev) {
+            Step::Listing(None) => {}
+            Step::Listing(Some(ns)) => self.relist_namespaces.add(|m| {
+                m.insert(ns.name_any(), ns.labels().clone());
+            }),
+            Step::Listed(fresh) => {
+                self.namespaces = fresh;
+                self.synced[Watch::Namespaces as usize] = true;
+                self.after_resync().await;
+            }
+            Step::Applied(ns) => {
+                let name = ns.name_any();
+                let labels = ns.labels().clone();
+                if self.namespaces.get(&name) != Some(&labels) {
+                    self.namespaces.insert(name.clone(), labels);
+                    if self.all_synced() {
+                        let uids: Vec<String> = self
+                            .workloads
+                            .values()
+                            .filter(|w| w.namespace == name)
+                            .map(|w| w.uid.clone())
+                            .collect();
+                        for uid in uids {
+                            self.evaluate_workload(&uid, "namespace");
+                        }
+                    }
+                }
+            }
+            Step::Deleted(ns) => {
+                self.namespaces.remove(&ns.name_any());
+            }
+        }
+    }
+
+    async fn pipeline_event(&mut self, ev: Event<IlertPipeline>) {
+        match self.relist_pipelines.step(ev) {
+            Step::Listing(None) => {}
+            Step::Listing(Some(p)) => {
+                self.relist_pipelines.add(|s| {
+                    s.insert(p.uid().unwrap_or_default());
+                });
+                // after_resync decides every pipeline once all watches are in.
+                self.upsert_pipeline(&p);
+            }
+            Step::Listed(seen) => {
+                let gone: Vec<String> = self
+                    .pipelines
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.remove_pipeline(&uid).await;
+                }
+                self.synced[Watch::Pipelines as usize] = true;
+                self.after_resync().await;
+            }
+            Step::Applied(p) => {
+                let (uid, selection_changed) = self.upsert_pipeline(&p);
+                if selection_changed && self.all_synced() {
+                    self.evaluate_pipeline(&uid, "pipeline");
+                }
+            }
+            Step::Deleted(p) => self.remove_pipeline(&p.uid().unwrap_or_default()).await,
         }
     }
 
