@@ -7,8 +7,11 @@ use jiff::Timestamp;
 
 use crate::domain::alerts;
 use crate::domain::book::{Book, Writes};
+use crate::domain::history::{History, Rollout};
 use crate::domain::ledger::{Decision, Entry, RolloutKey, Sight, State, Times, Verdict, judge};
+use crate::domain::report;
 use crate::domain::rollout::{Finished, Outcome, Progress, WorkloadView};
+use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
 
 /// What decide needs to know of the pipeline.
@@ -125,5 +128,57 @@ fn entry(w: &WorkloadView, state: State) -> Entry {
         reported_outcome: None,
         test: None,
         alert: None,
+    }
+}
+
+/// What one finished rollout sends, once its history is known: the pending ledger entries that
+/// carry its deployment event and its alert, and what did not render.
+#[derive(Debug)]
+pub struct Pending {
+    /// For the pipeline's ledger, when a deployment event is owed.
+    pub event: Option<Entry>,
+    /// For the alerts ledger, when an alert or resolve is owed.
+    pub alert: Option<Entry>,
+    /// A template or `ilert.com/*` annotation that did not render (the event went without it).
+    pub warnings: Vec<String>,
+}
+
+/// How a pipeline shapes its events: the cluster's name and the pipeline's checked templates.
+#[derive(Clone, Copy)]
+pub struct Shaping<'a> {
+    pub cluster: &'a str,
+    pub templates: Option<&'a Templates>,
+}
+
+/// Builds what [`Owed`] names for rollout `finished` of `w`, with its `history`; `now` stands in
+/// for a missing finish time.
+pub fn pending(
+    w: &WorkloadView,
+    finished: Finished,
+    history: History,
+    now: Timestamp,
+    shaping: Shaping,
+    report: bool,
+    alert: Option<(alerts::Action, Option<AlertPriority>)>,
+) -> Pending {
+    let Shaping { cluster, templates } = shaping;
+    let rollout = Rollout::new(w, finished, history, now);
+    let (event, warnings) = report::deployment_event(&rollout, cluster, templates);
+    let entry = |event, alert| Entry {
+        state: State::Pending,
+        workload: w.reference(),
+        event,
+        reported_outcome: Some(rollout.outcome),
+        test: None,
+        alert,
+    };
+    let alert = alert.map(|(action, priority)| {
+        let alert = alerts::event(action, &event, &w.reference(), cluster, priority);
+        entry(None, Some(alert))
+    });
+    Pending {
+        event: report.then(|| entry(Some(event), None)),
+        alert,
+        warnings,
     }
 }

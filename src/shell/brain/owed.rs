@@ -13,10 +13,9 @@ use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
 use crate::domain::decide;
-use crate::domain::history::{History, Rollout};
+use crate::domain::history::History;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::payload::DeploymentEvent;
-use crate::domain::report;
 use crate::domain::rollout::{Finished, Kind, Outcome, WorkloadView};
 use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
@@ -228,35 +227,28 @@ pub(crate) struct ToQueue {
 impl ToQueue {
     /// Builds the deployment event (and the alert from it), records them pending and queues them.
     pub(crate) fn queue(self, view: &WorkloadView, history: History) {
-        let rollout = Rollout::new(view, self.finished, history, Timestamp::now());
-        let cluster = &self.shared.cfg.cluster_name;
-        let (event, warnings) =
-            report::deployment_event(&rollout, cluster, self.templates.as_deref());
-        if !warnings.is_empty() {
-            template_warnings(&self.shared, view, &self.pipeline, warnings);
+        let built = decide::pending(
+            view,
+            self.finished,
+            history,
+            Timestamp::now(),
+            decide::Shaping {
+                cluster: &self.shared.cfg.cluster_name,
+                templates: self.templates.as_deref(),
+            },
+            self.outbox.is_some(),
+            self.alert
+                .as_ref()
+                .map(|(action, priority, _)| (*action, *priority)),
+        );
+        if !built.warnings.is_empty() {
+            template_warnings(&self.shared, view, &self.pipeline, built.warnings);
         }
-        if let Some((action, priority, outbox)) = &self.alert {
-            let alert = alerts::event(*action, &event, &view.reference(), cluster, *priority);
-            let entry = Entry {
-                state: State::Pending,
-                workload: view.reference(),
-                event: None,
-                reported_outcome: Some(rollout.outcome),
-                test: None,
-                alert: Some(alert),
-            };
+        if let (Some((_, _, outbox)), Some(entry)) = (&self.alert, built.alert) {
             let ledger_id = alerts::ledger_id(&self.pipeline_uid);
             record_and_queue(&self.shared, outbox, &ledger_id, self.key.clone(), entry);
         }
-        if let Some(outbox) = &self.outbox {
-            let entry = Entry {
-                state: State::Pending,
-                workload: view.reference(),
-                event: Some(event),
-                reported_outcome: Some(rollout.outcome),
-                test: None,
-                alert: None,
-            };
+        if let (Some(outbox), Some(entry)) = (&self.outbox, built.event) {
             record_and_queue(&self.shared, outbox, &self.pipeline_uid, self.key, entry);
         }
     }
