@@ -77,7 +77,7 @@ pub fn deployment_event(
     if let Some(t) = templates {
         match t.render(&context) {
             Ok(r) => apply(&mut event, r, true),
-            Err(e) => warnings.push(e),
+            Err(e) => warnings.push(e.to_string()),
         }
     }
     let (r, email, annotation_warnings) =

@@ -74,8 +74,19 @@ impl std::io::Write for BoundedOutput {
     }
 }
 
+/// Why a template did not render; the message names the field and, where minijinja knows it, the
+/// line, and says what to change.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{field} rendered more than {limit} bytes and was refused: make it print less")]
+    TooLarge { field: String, limit: usize },
+    /// minijinja's own message: a syntax error, an undefined filter, the fuel spent.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Renders one template. The error names the template and the line, as minijinja reports it.
-pub fn render(name: &str, source: &str, context: &Value) -> Result<String, String> {
+pub fn render(name: &str, source: &str, context: &Value) -> Result<String, TemplateError> {
     let mut out = BoundedOutput {
         written: Vec::new(),
         limit: MAX_OUTPUT_BYTES,
@@ -86,9 +97,10 @@ pub fn render(name: &str, source: &str, context: &Value) -> Result<String, Strin
         .and_then(|t| t.render_captured_to(minijinja::value::Serde(context), &mut out))
         .map(drop);
     if out.overflowed {
-        return Err(format!(
-            "{name} rendered more than {MAX_OUTPUT_BYTES} bytes and was refused: make it print less"
-        ));
+        return Err(TemplateError::TooLarge {
+            field: name.to_string(),
+            limit: MAX_OUTPUT_BYTES,
+        });
     }
     result.map_err(|e| {
         let mut msg = e.to_string();
@@ -103,7 +115,7 @@ pub fn render(name: &str, source: &str, context: &Value) -> Result<String, Strin
                 "{msg}: it runs more instructions or builds larger values than one field may (a budget of {FUEL} instructions, a byte of text costing 1/64 of one)"
             );
         }
-        msg
+        TemplateError::Failed(msg)
     })?;
     Ok(String::from_utf8_lossy(&out.written).trim().to_string())
 }
@@ -126,7 +138,7 @@ pub struct Rendered {
 
 impl Templates {
     /// Parses and renders every template once over a sample rollout.
-    pub fn check(spec: &EventTemplate) -> Result<Self, String> {
+    pub fn check(spec: &EventTemplate) -> Result<Self, TemplateError> {
         let t = Templates {
             summary: spec.summary.clone(),
             links: spec.links.clone(),
@@ -140,7 +152,7 @@ impl Templates {
         Ok(t)
     }
 
-    pub fn render(&self, context: &Value) -> Result<Rendered, String> {
+    pub fn render(&self, context: &Value) -> Result<Rendered, TemplateError> {
         let mut out = Rendered::default();
         if let Some(src) = &self.summary {
             out.summary = Some(render("spec.template.summary", src, context)?);
@@ -197,7 +209,7 @@ pub fn from_annotations<'a>(
             match render(key, value, context) {
                 Ok(s) if !s.is_empty() => out.summary = Some(s),
                 Ok(_) => {}
-                Err(e) => warnings.push(e),
+                Err(e) => warnings.push(e.to_string()),
             }
         } else if key == LINKS_ANNOTATION {
             match serde_json::from_str::<Vec<AnnotatedLink>>(value) {
@@ -220,7 +232,7 @@ pub fn from_annotations<'a>(
                                 href: truncate(&href, MAX_RENDERED_CHARS),
                             }),
                             (Ok(_), Ok(_)) => {}
-                            (Err(e), _) | (_, Err(e)) => warnings.push(e),
+                            (Err(e), _) | (_, Err(e)) => warnings.push(e.to_string()),
                         }
                     }
                 }
@@ -234,7 +246,7 @@ pub fn from_annotations<'a>(
                     .details
                     .push((detail.to_string(), truncate(&v, MAX_RENDERED_CHARS))),
                 Ok(_) => {}
-                Err(e) => warnings.push(e),
+                Err(e) => warnings.push(e.to_string()),
             }
         } else if key == USER_EMAIL_ANNOTATION {
             if is_email(value) {
@@ -339,9 +351,13 @@ mod tests {
 
     #[test]
     fn broken_templates_are_refused_with_their_line() {
-        let e = Templates::check(&spec("line one\n{{ workload.name ")).unwrap_err();
+        let e = Templates::check(&spec("line one\n{{ workload.name "))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.template.summary:2"), "{e}");
-        let e = Templates::check(&spec("{{ workload.name | no_such_filter }}")).unwrap_err();
+        let e = Templates::check(&spec("{{ workload.name | no_such_filter }}"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("no_such_filter") || e.contains("unknown filter"),
             "{e}"
@@ -349,7 +365,8 @@ mod tests {
         let e = Templates::check(&spec(
             "{% for i in range(1000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}",
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("fuel"), "{e}");
     }
 
@@ -494,7 +511,7 @@ mod tests {
             ];
             for (field, spec) in fields {
                 let e = detonate(&format!("{what} as {field}"), || {
-                    Templates::check(&spec).err()
+                    Templates::check(&spec).err().map(|e| e.to_string())
                 });
                 assert!(e.contains(field), "{e}");
                 refused(what, &e);
