@@ -98,6 +98,31 @@ pub struct DecisionLabels {
     pub trigger: String,
 }
 
+/// What failed, as `ilert_rollout_reconcile_errors_total{error}` counts it (every failure is
+/// retried; the label says where to look).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A watch failed and is re-established with backoff.
+    Watch,
+    /// Reading or writing the ledger ConfigMaps.
+    Ledger,
+    /// Reading the Lease for the leader term.
+    Lease,
+    /// Writing a pipeline's status.
+    Status,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Watch => "watch",
+            Failure::Ledger => "ledger",
+            Failure::Lease => "lease",
+            Failure::Status => "status",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
@@ -307,10 +332,10 @@ impl Metrics {
             .inc_by(n as u64);
     }
 
-    pub fn error(&self, error: &str) {
+    pub fn error(&self, failure: Failure) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
-                error: error.into(),
+                error: failure.label().into(),
             })
             .inc();
     }

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::domain::alerts;
 use crate::domain::pacing::backoff;
 use crate::domain::payload::DeploymentEvent;
-use crate::metrics::PipelineLabels;
+use crate::metrics::{Failure, PipelineLabels};
 use crate::pipeline::IlertPipeline;
 use crate::shell::supervisor::Ended;
 
@@ -140,7 +140,7 @@ impl StatusWriter {
                     return Ended::PipelineGone;
                 }
                 Err(e) => {
-                    self.shared.metrics.error("status");
+                    self.shared.metrics.error(Failure::Status);
                     if failures == 0 {
                         warn!(pipeline = %format!("{}/{}", self.namespace, self.name), error = %e, "could not write pipeline status; retrying with backoff");
                     } else {

@@ -27,7 +27,7 @@ use crate::domain::history::{ReplicaSetView, RevisionView};
 use crate::domain::keys::CONTROLLER_NAME;
 use crate::domain::pacing::backoff;
 use crate::domain::rollout::{Kind, WorkloadView};
-use crate::metrics::Metrics;
+use crate::metrics::{Failure, Metrics};
 use crate::pipeline::IlertPipeline;
 use crate::shell::ilert::IlertClient;
 use crate::shell::ledger_store::Ledger;
@@ -79,7 +79,7 @@ pub async fn run(
     let write_errors = metrics
         .reconcile_errors
         .get_or_create(&crate::metrics::ErrorLabels {
-            error: "ledger".into(),
+            error: Failure::Ledger.label().into(),
         })
         .clone();
     let ledger = Ledger::load(
@@ -174,7 +174,7 @@ pub async fn run(
                 Some(Ok(input)) => brain.handle(input).await,
                 // The backoff retries; a failing watch is logged and resumes.
                 Some(Err(e)) => {
-                    brain.shared.metrics.error("watch");
+                    brain.shared.metrics.error(Failure::Watch);
                     warn!(error = %e, "watch failed; retrying with backoff");
                 }
                 None => anyhow::bail!("watch streams ended"),
@@ -220,7 +220,7 @@ impl Brain {
         let mut attempt = 0;
         while let Err(e) = self.shared.ledger.reload().await {
             attempt += 1;
-            self.shared.metrics.error("ledger");
+            self.shared.metrics.error(Failure::Ledger);
             warn!(error = %e, "cannot read the delivery state; retrying before taking over");
             tokio::time::sleep(backoff(attempt, Duration::from_secs(10), jitter())).await;
         }
@@ -257,7 +257,7 @@ impl Brain {
                 }
                 Err(e) => {
                     attempt += 1;
-                    self.shared.metrics.error("lease");
+                    self.shared.metrics.error(Failure::Lease);
                     warn!(error = %e, "cannot read the Lease for the leader term; retrying before taking over");
                     tokio::time::sleep(backoff(attempt, Duration::from_secs(10), jitter())).await;
                 }
@@ -279,7 +279,7 @@ impl Brain {
                 self.catch_up_at = None;
             }
             Err(e) => {
-                self.shared.metrics.error("ledger");
+                self.shared.metrics.error(Failure::Ledger);
                 warn!(error = %e, "cannot read the delivery state after the takeover; inherited events wait");
                 self.catch_up_at = Some(Instant::now() + Duration::from_secs(5));
             }
