@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use crate::domain::keys::{REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION};
 use crate::domain::pairs::Pairs;
-use crate::domain::rollout::{Finished, Kind, Outcome, WorkloadView, controller_uid, images};
+use crate::domain::rollout::{
+    Finished, Kind, Outcome, WorkloadView, controller_uid, images, template_digest,
+};
 
 /// What the workload's ReplicaSets add to a finished rollout.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -73,6 +75,8 @@ pub struct RevisionView {
     pub revision: u64,
     /// The images of the template it holds (`data.spec.template`).
     pub images: Pairs,
+    /// [`template_digest`] of the template it holds.
+    pub template_digest: Option<u64>,
     pub created_at: Option<Timestamp>,
 }
 
@@ -88,6 +92,7 @@ impl RevisionView {
             owner: controller_uid(&cr.metadata),
             revision: u64::try_from(cr.revision).unwrap_or(0),
             images: template.as_ref().map(images).unwrap_or_default(),
+            template_digest: template.as_ref().map(template_digest),
             created_at: cr.metadata.creation_timestamp.as_ref().map(|t| t.0),
         }
     }
@@ -95,7 +100,10 @@ impl RevisionView {
 
 /// The revision number of a StatefulSet's or DaemonSet's current template, from its
 /// ControllerRevisions: for a StatefulSet the one named by `status.updateRevision`, for a
-/// DaemonSet (whose status names none) the newest. None until the ControllerRevision is known.
+/// DaemonSet (whose status names none) the one that holds its template (the newest, should a
+/// template come back without a rollback). None until that ControllerRevision is known: the
+/// watches are separate streams, and the newest ControllerRevision can belong to an update of
+/// the DaemonSet not seen yet.
 pub fn resolve_revision<'a>(
     workload: &WorkloadView,
     revisions: impl IntoIterator<Item = &'a RevisionView>,
@@ -109,7 +117,13 @@ pub fn resolve_revision<'a>(
             let name = workload.update_revision.as_deref()?;
             owned.find(|r| &*r.name == name).map(|r| r.revision)
         }
-        Kind::DaemonSet => owned.map(|r| r.revision).max(),
+        Kind::DaemonSet => {
+            let digest = workload.template_digest?;
+            owned
+                .filter(|r| r.template_digest == Some(digest))
+                .map(|r| r.revision)
+                .max()
+        }
     }
 }
 

@@ -91,6 +91,9 @@ pub struct WorkloadView {
     /// StatefulSet and DaemonSet: the number of the ControllerRevision of the current template,
     /// which the controller looks up in its ControllerRevision cache ([`resolve_revision`]).
     pub controller_revision: Option<u64>,
+    /// DaemonSet: a digest of its pod template, to find the ControllerRevision that holds it
+    /// (its status names none).
+    pub template_digest: Option<u64>,
     /// Reason and last update time of the Progressing condition.
     pub progressing_reason: Option<String>,
     pub progressing_updated: Option<Timestamp>,
@@ -157,6 +160,7 @@ impl WorkloadView {
             progressing_updated: None,
             progressing_replica_set: None,
             current_replica_set: None,
+            template_digest: None,
             images: template.map(images).unwrap_or_default(),
             template_manager,
             template_changed_at,
@@ -254,6 +258,7 @@ impl WorkloadView {
             updated_replicas: status.and_then(|s| s.updated_number_scheduled).unwrap_or(0),
             available_replicas: status.and_then(|s| s.number_available).unwrap_or(0),
             ready_replicas: status.map(|s| s.number_ready).unwrap_or(0),
+            template_digest: spec.map(|s| template_digest(&s.template)),
             ..Self::base(
                 Kind::DaemonSet,
                 &ds.metadata,
@@ -401,6 +406,17 @@ pub fn named_replica_set(message: &str) -> Option<Box<str>> {
     let rest = message.strip_prefix("ReplicaSet \"")?;
     let end = rest.find('"')?;
     Some(rest[..end].into())
+}
+
+/// A digest of a pod template: the same for a DaemonSet's template and the ControllerRevision the
+/// DaemonSet controller made of it (which holds that template as it was stored).
+pub fn template_digest(template: &PodTemplateSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serde_json::to_string(template)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 pub fn images(template: &PodTemplateSpec) -> Pairs {

@@ -105,7 +105,7 @@ fn documented_metrics_match_the_registry() {
     // Labelled families show only once they have a child.
     m.event("Completed", "sent").inc();
     m.request("accepted");
-    m.error("watch");
+    m.error(ilert_rollout_controller::metrics::Failure::Watch);
     m.decided("workload", 1);
     m.kube_request("GET", "/api/v1/namespaces/ns/secrets/s", None);
     m.task_restart("sender");

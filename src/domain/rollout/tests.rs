@@ -300,6 +300,24 @@ fn stateful_set_and_daemon_set_revisions_come_from_controller_revisions() {
     );
 }
 
+/// The watches are separate streams: the ControllerRevision of a new DaemonSet template can
+/// arrive before the DaemonSet update that made it. The DaemonSet as last seen (the old template,
+/// complete) must not be taken for the new revision complete, with the old images.
+#[test]
+fn a_daemon_sets_revision_is_the_one_of_its_own_template() {
+    let crs = revisions("controllerrevisions-daemonset.json");
+    let mut old = daemon_set("daemonset-complete.json");
+    assert_eq!(resolve_revision(&old, &crs), Some(1));
+    old.controller_revision = resolve_revision(&old, &crs);
+    let done = old.finished().expect("revision 1 is complete");
+    assert_eq!(done.revision, 1);
+    // Until the ControllerRevision of its template is known, it has no revision.
+    let new = daemon_set("daemonset-rev2-complete.json");
+    let only_first: Vec<RevisionView> = crs.iter().filter(|r| r.revision == 1).cloned().collect();
+    assert_eq!(resolve_revision(&new, &only_first), None);
+    assert_eq!(resolve_revision(&new, &crs), Some(2));
+}
+
 #[test]
 fn going_back_to_an_earlier_template_is_a_rollback() {
     // `kubectl rollout undo` gives the earlier template's ControllerRevision the next number.
