@@ -167,11 +167,7 @@ pub fn gone_event(workload: &str, cluster: &str) -> AlertEvent {
         kind,
         namespace,
         name,
-    } = WorkloadRef::parse(workload).unwrap_or(WorkloadRef {
-        kind: workload,
-        namespace: "",
-        name: "",
-    });
+    } = WorkloadRef::split(workload);
     let mut labels = BTreeMap::new();
     if !cluster.is_empty() {
         labels.insert("cluster".to_string(), cluster.to_string());

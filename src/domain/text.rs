@@ -30,12 +30,19 @@ pub struct WorkloadRef<'a> {
 impl<'a> WorkloadRef<'a> {
     /// Reads `Kind/namespace/name`; None for anything else.
     pub fn parse(workload: &'a str) -> Option<Self> {
+        Some(workload)
+            .filter(|w| w.splitn(3, '/').count() == 3)
+            .map(Self::split)
+    }
+
+    /// Reads `Kind/namespace/name`, a missing part empty.
+    pub fn split(workload: &'a str) -> Self {
         let mut parts = workload.splitn(3, '/');
-        Some(WorkloadRef {
-            kind: parts.next()?,
-            namespace: parts.next()?,
-            name: parts.next()?,
-        })
+        WorkloadRef {
+            kind: parts.next().unwrap_or_default(),
+            namespace: parts.next().unwrap_or_default(),
+            name: parts.next().unwrap_or_default(),
+        }
     }
 }
 
@@ -60,6 +67,8 @@ mod tests {
             })
         );
         assert_eq!(WorkloadRef::parse("IlertPipeline/shop"), None);
+        assert_eq!(WorkloadRef::split("IlertPipeline/shop").namespace, "shop");
+        assert_eq!(WorkloadRef::split("IlertPipeline/shop").name, "");
         assert_eq!(on_cluster(""), "");
         assert_eq!(on_cluster("prod"), " on prod");
     }

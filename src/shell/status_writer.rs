@@ -104,7 +104,7 @@ impl StatusWriter {
             };
             if config_problem != announced_config_problem {
                 if let Some(p) = &config_problem {
-                    warn!(pipeline = %format!("{}/{}", self.namespace, self.name), reason = %p.reason, "{}", p.message);
+                    warn!(pipeline = %format!("{}/{}", self.namespace, self.name), reason = p.reason.as_str(), "{}", p.message);
                     publish(
                         &self.shared.recorder,
                         &self.reference,

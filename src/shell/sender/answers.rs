@@ -287,7 +287,7 @@ impl<P: Payload> Sender<P> {
                 Channel::Deployments => p.message,
                 Channel::Alerts => format!("Alerts: {}", p.message),
             };
-            warn!(pipeline = %self.name(), reason = %p.reason, "{message}");
+            warn!(pipeline = %self.name(), reason = p.reason.as_str(), "{message}");
             self.publish(EventType::Warning, p.reason.as_str(), &message)
                 .await;
         }

@@ -40,7 +40,7 @@ impl<P: Payload> Sender<P> {
                     .as_ref()
                     .is_some_and(|(_, at)| at.elapsed() < KEY_MAX_AGE) =>
             {
-                debug!(pipeline = %self.name(), reason = %problem.reason, "background read of the key failed; the key in hand is still young");
+                debug!(pipeline = %self.name(), reason = problem.reason.as_str(), "background read of the key failed; the key in hand is still young");
                 let (k, at) = d.key.clone().expect("checked above");
                 (Ok(k), at)
             }
