@@ -1,7 +1,11 @@
 //! ilert-rollout-controller: reports every finished Kubernetes rollout to ilert as a deployment event.
 //!
-//! A pure core (`rollout`, `report`, `pacing`, the decisions in `ledger`) and I/O at the edges
-//! (`ilert`, the ledger's persistence, `controller`).
+//! A pure decision core ([`domain`]: what a rollout is, what it owes each pipeline, what goes to
+//! ilert and what status says) and the I/O around it ([`shell`]: watches, delivery, the ledger's
+//! ConfigMaps, status, Events, ilert's API). `docs/architecture.md` has the map.
+
+// The product has no unsafe code; only a unit test's counting allocator does.
+#![cfg_attr(not(test), forbid(unsafe_code))]
 
 pub mod domain;
 pub mod metrics;
