@@ -7,10 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 
 use crate::domain::rollout::{Kind, WorkloadView};
+use crate::domain::status::{Problem, Reason};
 use crate::domain::template::Templates;
 use crate::pipeline::{AlertsSpec, IlertPipelineSpec};
-
-use crate::domain::status::{Problem, Reason};
 
 /// What the pipeline selects, once its spec has been checked.
 pub struct Selection {

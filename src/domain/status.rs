@@ -4,9 +4,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::pipeline::{IlertPipelineStatus, LastEvent, TestEventStatus};
-
 use crate::domain::channel::Channel;
+use crate::pipeline::{IlertPipelineStatus, LastEvent, TestEventStatus};
 
 /// Why a pipeline is (not) Ready: the `reason` of its conditions and Kubernetes Events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use tracing::{debug, warn};
 
 use crate::domain::rollout::WorkloadView;
 use crate::domain::text::{WorkloadRef, truncate};
-
 use crate::shell::shared::Shared;
 
 /// `Kind/namespace/name` -> a reference to that workload.

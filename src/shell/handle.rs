@@ -13,15 +13,14 @@ use tokio::task::JoinHandle;
 
 use crate::domain::alerts;
 use crate::domain::payload::DeploymentEvent;
-use crate::pipeline::{IlertPipelineSpec, IlertPipelineStatus};
-use crate::shell::supervisor::{Ended, supervise};
-
 use crate::domain::selection::Selection;
 use crate::domain::status::Stats;
+use crate::pipeline::{IlertPipelineSpec, IlertPipelineStatus};
 use crate::shell::outbox::Outbox;
 use crate::shell::sender::Sender;
 use crate::shell::shared::{Shared, lock};
 use crate::shell::status_writer::StatusWriter;
+use crate::shell::supervisor::{Ended, supervise};
 
 pub(crate) struct PipelineHandle {
     pub(crate) uid: String,

@@ -8,9 +8,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use crate::domain::ledger::{Entry, RolloutKey};
-
 use crate::domain::channel::Payload;
+use crate::domain::ledger::{Entry, RolloutKey};
 use crate::shell::shared::lock;
 
 #[derive(Clone)]

@@ -3,11 +3,10 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use crate::pipeline::IlertPipelineSpec;
-use crate::shell::ilert::IntegrationKey;
-
 use crate::domain::channel::Channel;
 use crate::domain::status::{Problem, Reason};
+use crate::pipeline::IlertPipelineSpec;
+use crate::shell::ilert::IntegrationKey;
 
 /// Reads the integration key from the pipeline's Secret; a problem for status if it cannot.
 pub(crate) async fn read_key(

@@ -14,15 +14,14 @@ use tracing::{debug, info, warn};
 use crate::domain::alerts;
 use crate::domain::pacing::backoff;
 use crate::domain::payload::DeploymentEvent;
+use crate::domain::status::{Conditions, Problem, Stats, status};
 use crate::metrics::{Failure, PipelineLabels};
 use crate::pipeline::IlertPipeline;
-use crate::shell::supervisor::Ended;
-
-use crate::domain::status::{Conditions, Problem, Stats, status};
 use crate::shell::events::publish;
 use crate::shell::outbox::Outbox;
 use crate::shell::sender::FIRST_READ_GRACE;
 use crate::shell::shared::{Shared, jitter, lock};
+use crate::shell::supervisor::Ended;
 use jiff::Timestamp;
 
 /// Writes a pipeline's status when something changed, at most twice a second.

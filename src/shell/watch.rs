@@ -13,7 +13,6 @@ use crate::domain::history::{ReplicaSetView, RevisionView};
 use crate::domain::pacing::backoff;
 use crate::domain::rollout::{Kind, WorkloadView};
 use crate::pipeline::IlertPipeline;
-
 use crate::shell::shared::jitter;
 
 pub(crate) enum Input {

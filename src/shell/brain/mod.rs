@@ -24,16 +24,15 @@ use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
 use crate::domain::history::{ReplicaSetView, RevisionView};
+use crate::domain::index::{Applied, OwnedCache, Relist, Step, resolve_owned};
 use crate::domain::keys::CONTROLLER_NAME;
 use crate::domain::pacing::backoff;
 use crate::domain::rollout::{Kind, WorkloadView};
 use crate::metrics::{Failure, Metrics};
 use crate::pipeline::IlertPipeline;
+use crate::shell::handle::PipelineHandle;
 use crate::shell::ilert::IlertClient;
 use crate::shell::ledger_store::Ledger;
-
-use crate::domain::index::{Applied, OwnedCache, Relist, Step, resolve_owned};
-use crate::shell::handle::PipelineHandle;
 use crate::shell::shared::{Config, Readiness, Shared, jitter, lock};
 use crate::shell::watch::{Input, Watch, project, watch_all};
 

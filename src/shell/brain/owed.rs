@@ -12,6 +12,7 @@ use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
+use crate::domain::channel::Payload;
 use crate::domain::decide;
 use crate::domain::history::History;
 use crate::domain::ledger::{Entry, RolloutKey, State};
@@ -19,8 +20,6 @@ use crate::domain::payload::DeploymentEvent;
 use crate::domain::rollout::{Finished, Kind, Outcome, WorkloadView};
 use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
-
-use crate::domain::channel::Payload;
 use crate::shell::brain::Brain;
 use crate::shell::events::template_warnings;
 use crate::shell::outbox::Outbox;

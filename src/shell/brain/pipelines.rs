@@ -14,10 +14,9 @@ use crate::domain::book::Book;
 use crate::domain::keys::TEST_EVENT_ANNOTATION;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::report;
-use crate::pipeline::IlertPipeline;
-
 use crate::domain::selection::Selection;
 use crate::domain::status::Stats;
+use crate::pipeline::IlertPipeline;
 use crate::shell::brain::Brain;
 use crate::shell::brain::owed::record_and_queue;
 use crate::shell::handle::PipelineHandle;

@@ -10,14 +10,13 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::domain::alerts;
+use crate::domain::channel::{Channel, Payload};
 use crate::domain::ledger::{Entry, RolloutKey};
 use crate::domain::pacing::{backoff, later, retry_wait};
-use crate::pipeline::{LastEvent, TestEventStatus};
-use crate::shell::ilert::SendError;
-
-use crate::domain::channel::{Channel, Payload};
 use crate::domain::status::{Problem, Reason};
+use crate::pipeline::{LastEvent, TestEventStatus};
 use crate::shell::events::{publish, workload_reference};
+use crate::shell::ilert::SendError;
 use crate::shell::shared::{jitter, lock};
 
 use super::{Delivery, Done, Rejected, Sender};

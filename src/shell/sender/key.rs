@@ -7,11 +7,10 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::domain::channel::Payload;
 use crate::domain::pacing::backoff;
 use crate::pipeline::IlertPipelineSpec;
 use crate::shell::ilert::IntegrationKey;
-
-use crate::domain::channel::Payload;
 use crate::shell::secrets::read_key;
 use crate::shell::shared::{jitter, lock};
 

@@ -14,17 +14,16 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::domain::alerts;
+use crate::domain::channel::{Channel, Payload};
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::pacing::{Budget, Plan};
+use crate::domain::status::{Problem, Stats};
 use crate::metrics::PipelineLabels;
 use crate::pipeline::IlertPipelineSpec;
 use crate::shell::ilert::{IntegrationKey, SendError};
-use crate::shell::supervisor::Ended;
-
-use crate::domain::channel::{Channel, Payload};
-use crate::domain::status::{Problem, Stats};
 use crate::shell::outbox::{Outbox, QueuedEvent};
 use crate::shell::shared::{Shared, lock};
+use crate::shell::supervisor::Ended;
 
 /// Most requests one pipeline has on the wire at once. A kill -9 can repeat at most the events of
 /// these (ilert answered 202, the sent state was not written yet).
