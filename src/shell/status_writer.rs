@@ -95,10 +95,12 @@ impl StatusWriter {
                     &mut last,
                     Timestamp::now(),
                 );
+                // The readiness the Ready condition was just built from.
+                let ready = last.ready.as_ref().is_some_and(|(ready, ..)| *ready);
                 metrics
                     .pipeline_ready
                     .get_or_create(&labels)
-                    .set(i64::from(s.ready().0));
+                    .set(i64::from(ready));
                 (status, s.config_problem.clone())
             };
             if config_problem != announced_config_problem {
