@@ -3,6 +3,7 @@
 //! and the default image naming the repository the release workflow publishes to.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -202,10 +203,21 @@ fn the_default_image_is_the_one_the_release_workflow_publishes() {
 async fn kubectl_explain_describes_every_field_of_the_spec() {
     let client = client().await;
     install_crd(&client).await;
-    let text = run(
-        &tool("kubectl"),
-        &["explain", "ilertpipeline.spec", "--recursive"],
-    );
+    let args = ["explain", "ilertpipeline.spec", "--recursive"];
+    // A CRD just established is in the OpenAPI document kubectl reads a moment later.
+    eventually(
+        Duration::from_secs(30),
+        "kubectl explain finds the CRD",
+        || async {
+            let ok = Command::new(tool("kubectl"))
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            ok.then_some(())
+        },
+    )
+    .await;
+    let text = run(&tool("kubectl"), &args);
     assert!(text.contains("integrationKeySecretRef"), "{text}");
     // --recursive lists names only; each one's own explain has its DESCRIPTION.
     let mut path: Vec<(usize, String)> = Vec::new();
