@@ -89,6 +89,49 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// BENCH_PROFILE=1: `perf record` of the controller during the burst, into
+/// target/bench/perf-N.data (`perf report -i` it; build with symbols for names, see
+/// docs/benchmarks.md). Stopped with SIGINT when dropped, so perf writes its file.
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(pid: u32, n: usize) -> Self {
+        if std::env::var("BENCH_PROFILE").map_or(true, |v| v.is_empty() || v == "0") {
+            return Profile(None);
+        }
+        std::fs::create_dir_all(format!("{REPO}/target/bench")).unwrap();
+        let out = format!("{REPO}/target/bench/perf-{n}.data");
+        let child = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "199",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+                &out,
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("BENCH_PROFILE is set but perf does not start: {e}"));
+        eprintln!("[bench N={n}] profiling the burst into {out}");
+        Profile(Some(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -245,6 +288,7 @@ async fn run(n: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let kube_before = kube_requests(&controller).await;
     let c1 = cpu_seconds(pid);
+    let profile = Profile::start(pid, n);
     let t = Instant::now();
     apply_all(&api, &names, "nginx:1.26").await;
     let arrivals = eventually(
@@ -271,6 +315,7 @@ async fn run(n: usize) -> Row {
         t.elapsed().as_secs_f64()
     );
     let cpu_per_1000 = (cpu_seconds(pid) - c1) * 1000.0 / n as f64;
+    drop(profile);
     let rss_peak_mib = proc_field(pid, "VmHWM:") as f64 / 1024.0;
     tokio::time::sleep(Duration::from_secs(2)).await;
     watch.abort();

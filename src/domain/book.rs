@@ -332,11 +332,21 @@ impl Book {
             // Only a delivered entry stands for the workload's history: one ilert refused
             // (Failed) must not drop the record of an alert that is still open.
             if entry.state == State::Sent {
+                // The keys sort by workload, then revision: the older revisions of this
+                // workload are one range, not a scan of the whole ledger.
+                let from = RolloutKey {
+                    workload_uid: key.workload_uid.clone(),
+                    revision: 0,
+                    outcome: Outcome::Completed,
+                };
+                let to = RolloutKey {
+                    revision: key.revision,
+                    ..from.clone()
+                };
                 let older: Vec<RolloutKey> = map
-                    .keys()
-                    .filter(|k| k.workload_uid == key.workload_uid && k.revision < key.revision)
-                    .filter(|k| map.get(*k).is_some_and(|e| e.state != State::Pending))
-                    .cloned()
+                    .range(from..to)
+                    .filter(|(_, e)| e.state != State::Pending)
+                    .map(|(k, _)| k.clone())
                     .collect();
                 for k in older {
                     if let Some(old) = map.remove(&k) {

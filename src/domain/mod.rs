@@ -7,6 +7,7 @@ pub mod book;
 pub mod channel;
 pub mod context;
 pub mod decide;
+pub mod digest;
 pub mod history;
 pub mod index;
 pub mod keys;

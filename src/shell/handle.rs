@@ -105,6 +105,7 @@ impl PipelineHandle {
             spec: self.spec_tx.subscribe(),
             shutdown: shared.shutdown.clone(),
             deposed: deposed.clone(),
+            digest: Arc::default(),
         };
         let alerts = Sender {
             shared: shared.clone(),
@@ -118,6 +119,7 @@ impl PipelineHandle {
             spec: self.spec_tx.subscribe(),
             shutdown: shared.shutdown.clone(),
             deposed: deposed.clone(),
+            digest: Arc::default(),
         };
         let status = StatusWriter {
             shared: shared.clone(),

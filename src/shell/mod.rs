@@ -6,6 +6,7 @@ pub mod brain;
 pub mod events;
 pub mod handle;
 pub mod ilert;
+pub mod lean;
 pub mod ledger_store;
 pub mod outbox;
 pub mod secrets;

@@ -123,6 +123,22 @@ build_kwok_stages() {
   mv "$out/stages.yaml.tmp" "$out/stages.yaml"
 }
 
+# The peer of `make bench` (kubewatch), from the source tarball kept in the repository's shared
+# peers folder (the module proxy refuses the module itself); its dependencies come from the proxy.
+build_kubewatch() {
+  local out; out="$(bin_dir kubewatch "$KUBEWATCH_COMMIT")"
+  if [[ -x "$out/kubewatch" ]]; then log "kubewatch $KUBEWATCH_COMMIT: cached in $out"; return; fi
+  local tarball="${KUBEWATCH_TARBALL:-$here/../../../shared/peers/kubewatch-$KUBEWATCH_COMMIT.tar.gz}"
+  [[ -f "$tarball" ]] || { log "kubewatch source missing: $tarball (set KUBEWATCH_TARBALL)"; exit 1; }
+  log "kubewatch $KUBEWATCH_COMMIT: building from $tarball (cold: about 6 minutes on 2 cores)"
+  local src="$cache_root/src/kubewatch-$KUBEWATCH_COMMIT"
+  rm -rf "$src"; mkdir -p "$src"
+  tar xzf "$tarball" -C "$src"
+  (cd "$src/kubewatch" && GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w" -o "$out.tmp/kubewatch" .)
+  mkdir -p "$out"; mv "$out.tmp/kubewatch" "$out/kubewatch"; rmdir "$out.tmp"
+  log "kubewatch $KUBEWATCH_COMMIT: done"
+}
+
 main() {
   mkdir -p "$cache_root"
   local start=$SECONDS
@@ -144,6 +160,7 @@ main() {
 
 case "${1:-build}" in
   build) main ;;
+  peers) build_kubewatch ;;
   print-bin-dirs)
     echo "ETCD_BIN=$(bin_dir etcd "$ETCD_VERSION")"
     echo "K8S_BIN=$(bin_dir kubernetes "$K8S_VERSION")"
@@ -152,6 +169,7 @@ case "${1:-build}" in
     echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")"
     echo "PROMTOOL_BIN=$(bin_dir promtool "$PROMTOOL_VERSION")"
     echo "ACTIONLINT_BIN=$(bin_dir actionlint "$ACTIONLINT_VERSION")"
+    echo "KUBEWATCH_BIN=$(bin_dir kubewatch "$KUBEWATCH_COMMIT")"
     ;;
-  *) echo "usage: $0 [build|print-bin-dirs]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|peers|print-bin-dirs]" >&2; exit 2 ;;
 esac

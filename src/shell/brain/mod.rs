@@ -32,6 +32,7 @@ use crate::metrics::{Failure, Metrics};
 use crate::pipeline::IlertPipeline;
 use crate::shell::handle::PipelineHandle;
 use crate::shell::ilert::IlertClient;
+use crate::shell::lean::Lean;
 use crate::shell::ledger_store::Ledger;
 use crate::shell::shared::{Config, Readiness, Shared, jitter, lock};
 use crate::shell::watch::{Input, Watch, project, watch_all};
@@ -120,24 +121,35 @@ pub async fn run(
     }
     // The big lists come in pages: a cluster of 10,000 workloads is not one response.
     let paged = || watcher::Config::default().page_size(500);
-    let deployments = watch_all::<Deployment>(&client, paged())
-        .map_ok(|ev| Input::Workload(Kind::Deployment, project(ev, WorkloadView::from_deployment)));
-    let stateful_sets = watch_all::<StatefulSet>(&client, paged()).map_ok(|ev| {
+    let deployments = watch_all::<Lean<Deployment>>(&client, paged()).map_ok(|ev| {
         Input::Workload(
-            Kind::StatefulSet,
-            project(ev, WorkloadView::from_stateful_set),
+            Kind::Deployment,
+            project(ev, |d| WorkloadView::from_deployment(&d.0)),
         )
     });
-    let daemon_sets = watch_all::<DaemonSet>(&client, paged())
-        .map_ok(|ev| Input::Workload(Kind::DaemonSet, project(ev, WorkloadView::from_daemon_set)));
-    let revisions = watch_all::<ControllerRevision>(&client, paged())
-        .map_ok(|ev| Input::Revision(project(ev, RevisionView::from_controller_revision)));
+    let stateful_sets = watch_all::<Lean<StatefulSet>>(&client, paged()).map_ok(|ev| {
+        Input::Workload(
+            Kind::StatefulSet,
+            project(ev, |s| WorkloadView::from_stateful_set(&s.0)),
+        )
+    });
+    let daemon_sets = watch_all::<Lean<DaemonSet>>(&client, paged()).map_ok(|ev| {
+        Input::Workload(
+            Kind::DaemonSet,
+            project(ev, |d| WorkloadView::from_daemon_set(&d.0)),
+        )
+    });
+    let revisions = watch_all::<Lean<ControllerRevision>>(&client, paged()).map_ok(|ev| {
+        Input::Revision(project(ev, |r| {
+            RevisionView::from_controller_revision(&r.0)
+        }))
+    });
     let pipelines = watch_all::<IlertPipeline>(&client, pipeline_cfg)
         .map_ok(|ev| Input::Pipeline(Box::new(ev)));
     let namespaces = watch_all::<PartialObjectMeta<Namespace>>(&client, watcher::Config::default())
         .map_ok(Input::Namespace);
-    let replica_sets = watch_all::<ReplicaSet>(&client, paged())
-        .map_ok(|ev| Input::ReplicaSet(project(ev, ReplicaSetView::from_replica_set)));
+    let replica_sets = watch_all::<Lean<ReplicaSet>>(&client, paged())
+        .map_ok(|ev| Input::ReplicaSet(project(ev, |r| ReplicaSetView::from_replica_set(&r.0))));
     let mut inputs = stream::select_all([
         deployments.boxed(),
         stateful_sets.boxed(),

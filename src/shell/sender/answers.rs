@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::domain::alerts;
 use crate::domain::channel::{Channel, Payload};
+use crate::domain::digest::Intent;
 use crate::domain::ledger::{Entry, RolloutKey};
 use crate::domain::pacing::{backoff, later, retry_wait};
 use crate::domain::status::{Problem, Reason};
@@ -215,28 +216,55 @@ impl<P: Payload> Sender<P> {
             )
         };
         info!(pipeline = %self.name(), "{note}");
-        // Related to the workload, so each workload's deliveries form their own Event series
-        // instead of folding into one series under the first note.
-        let related = (batch.len() == 1)
-            .then(|| workload_reference(&last.workload))
-            .flatten();
-        // Off the send path: recording the Event is one more API request per delivery.
+        let reason = if alert.is_some() {
+            "AlertSent"
+        } else {
+            "Delivered"
+        };
+        // One Event per delivery would be one more API request per rollout: the first after a
+        // quiet spell goes at once, the rest of a burst in one digest Event (domain::digest).
+        let intent = lock(&self.digest).delivered(&note, Instant::now());
         let (recorder, reference) = (self.shared.recorder.clone(), self.reference.clone());
-        tokio::spawn(async move {
-            publish(
-                &recorder,
-                &reference,
-                EventType::Normal,
-                if alert.is_some() {
-                    "AlertSent"
-                } else {
-                    "Delivered"
-                },
-                &note,
-                related,
-            )
-            .await;
-        });
+        match intent {
+            Intent::Publish => {
+                // Related to the workload, so each workload's deliveries form their own Event
+                // series instead of folding into one series under the first note.
+                let related = (batch.len() == 1)
+                    .then(|| workload_reference(&last.workload))
+                    .flatten();
+                // Off the send path.
+                tokio::spawn(async move {
+                    publish(
+                        &recorder,
+                        &reference,
+                        EventType::Normal,
+                        reason,
+                        &note,
+                        related,
+                    )
+                    .await;
+                });
+            }
+            Intent::Hold(Some(at)) => {
+                let digest = self.digest.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let note = lock(&digest).flush(Instant::now());
+                    if let Some(note) = note {
+                        publish(
+                            &recorder,
+                            &reference,
+                            EventType::Normal,
+                            reason,
+                            &note,
+                            None,
+                        )
+                        .await;
+                    }
+                });
+            }
+            Intent::Hold(None) => {}
+        }
     }
 
     /// Records what ilert said to a test event, in status and as a Kubernetes Event.

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::domain::alerts;
 use crate::domain::channel::{Channel, Payload};
+use crate::domain::digest::Digest;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::pacing::{Budget, Plan};
 use crate::domain::status::{Problem, Stats};
@@ -69,6 +70,8 @@ pub(crate) struct Sender<P> {
     pub(crate) deposed: watch::Receiver<bool>,
     /// Notified while a selected workload rolls out (see `warm_key`).
     pub(crate) warm: Arc<Notify>,
+    /// Deliveries since the channel's last Normal Event.
+    pub(crate) digest: Arc<Mutex<Digest>>,
 }
 
 /// The key ilert rejected, and when to try it once more anyway.
