@@ -2,6 +2,8 @@
 //! once, against the floor of a bare watch. Prints a table and writes target/bench/report.md.
 //! N from BENCH_N (comma-separated), default 100,1000,5000.
 
+#[path = "support/peer.rs"]
+mod peer;
 #[allow(dead_code)]
 #[path = "../tests/e2e/support.rs"]
 mod support;
@@ -28,6 +30,8 @@ fn deployment(name: &str, image: &str) -> Value {
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {
             "replicas": 1,
+            // Raised so that the control plane finishes N = 10,000 before any deadline passes.
+            "progressDeadlineSeconds": 3600,
             "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": image}]}}
         }
@@ -160,6 +164,18 @@ struct Row {
     /// as bucket upper bounds in ms.
     internal_p50: f64,
     internal_p99: f64,
+    peer: Option<PeerRow>,
+}
+
+/// kubewatch in the same run, on the same Deployments.
+struct PeerRow {
+    rss_idle_mib: f64,
+    rss_peak_mib: f64,
+    cpu_per_1000: f64,
+    kube_per_rollout: f64,
+    messages_per_rollout: f64,
+    /// Of its messages about the burst, how many say that a rollout finished.
+    finished_messages: usize,
 }
 
 /// Upper bounds (ms) of the buckets holding the 50th and 99th percentile of the controller's
@@ -251,6 +267,12 @@ async fn run(n: usize) -> Row {
         .await
         .unwrap();
     let ilert = FakeIlert::start().await;
+    // The peer runs beside it, on the same Deployments (BENCH_PEER=0 leaves it out).
+    let peer = if std::env::var("BENCH_PEER").is_ok_and(|v| v == "0") {
+        None
+    } else {
+        Some(peer::Peer::start(&client, n).await)
+    };
     // Pacing lifted: the measure is the controller, not ilert's quota.
     let mut controller =
         Controller::start(&ns.name, &ilert, &["--rate-limit-per-minute", "1000000"]);
@@ -260,6 +282,9 @@ async fn run(n: usize) -> Row {
     let pid = controller.pid().expect("pid");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle_mib = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let peer_rss_idle = peer
+        .as_ref()
+        .map(|p| proc_field(p.pid, "VmRSS:") as f64 / 1024.0);
     let idle_window = Duration::from_secs(20);
     let c0 = cpu_seconds(pid);
     tokio::time::sleep(idle_window).await;
@@ -288,6 +313,13 @@ async fn run(n: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let kube_before = kube_requests(&controller).await;
     let c1 = cpu_seconds(pid);
+    let peer_before = peer.as_ref().map(|p| {
+        (
+            cpu_seconds(p.pid),
+            p.messages(&ns.name).0,
+            peer::audit_requests(false),
+        )
+    });
     let profile = Profile::start(pid, n);
     let t = Instant::now();
     apply_all(&api, &names, "nginx:1.26").await;
@@ -351,6 +383,28 @@ async fn run(n: usize) -> Row {
     let kube_per_rollout = kube_breakdown.iter().map(|(_, v)| v).sum();
     let (internal_p50, internal_p99) = internal_delay(&controller).await;
     drop(controller);
+    let peer = match (peer, peer_before, peer_rss_idle) {
+        (Some(p), Some((cpu0, m0, a0)), Some(rss_idle_mib)) => {
+            // kubewatch posts one message at a time: it is done when it has been quiet a while.
+            p.settle(Duration::from_secs(5), Duration::from_secs(600))
+                .await;
+            let (m1, finished) = p.messages(&ns.name);
+            let row = PeerRow {
+                rss_idle_mib,
+                rss_peak_mib: proc_field(p.pid, "VmHWM:") as f64 / 1024.0,
+                cpu_per_1000: (cpu_seconds(p.pid) - cpu0) * 1000.0 / n as f64,
+                kube_per_rollout: (peer::audit_requests(false) - a0) as f64 / n as f64,
+                messages_per_rollout: (m1 - m0) as f64 / n as f64,
+                finished_messages: finished,
+            };
+            eprintln!(
+                "[bench N={n}] kubewatch: {} messages about the burst, {finished} saying a rollout finished",
+                m1 - m0
+            );
+            Some(row)
+        }
+        _ => None,
+    };
     Row {
         n,
         ready_s,
@@ -368,6 +422,7 @@ async fn run(n: usize) -> Row {
         delays_ms: delays,
         internal_p50,
         internal_p99,
+        peer,
     }
 }
 
@@ -439,8 +494,54 @@ fn write_report(rows: &[Row]) {
             )
             .unwrap_or_default()
     );
+    let mut side = String::from(
+        "Side by side with kubewatch (same control plane, same Deployments, same run; kubewatch posting every Deployment change to a local webhook):\n\n| N | tool | RSS idle / peak (MiB) | CPU s per 1,000 rollouts | API requests per rollout | messages per rollout | messages saying a rollout finished |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let mut targets = String::new();
+    for r in rows {
+        let Some(p) = &r.peer else { continue };
+        side.push_str(&format!(
+            "| {} | this controller | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} of {} |\n| {} | kubewatch | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} |\n",
+            r.n, r.rss_idle_mib, r.rss_peak_mib, r.cpu_per_1000, r.kube_per_rollout,
+            r.requests as f64 / r.n as f64, r.requests, r.requests,
+            r.n, p.rss_idle_mib, p.rss_peak_mib, p.cpu_per_1000, p.kube_per_rollout,
+            p.messages_per_rollout, p.finished_messages,
+        ));
+        let met = |ok: bool| if ok { "met" } else { "NOT met" };
+        targets.push_str(&format!(
+            "| {} | CPU at most half of kubewatch's | {:.2} vs {:.2} (ratio {:.2}) | {} |\n| {} | peak memory at most a fifth of kubewatch's | {:.1} vs {:.1} MiB (ratio {:.2}) | {} |\n",
+            r.n, r.cpu_per_1000, p.cpu_per_1000, r.cpu_per_1000 / p.cpu_per_1000,
+            met(r.cpu_per_1000 <= p.cpu_per_1000 / 2.0),
+            r.n, r.rss_peak_mib, p.rss_peak_mib, r.rss_peak_mib / p.rss_peak_mib,
+            met(r.rss_peak_mib <= p.rss_peak_mib / 5.0),
+        ));
+    }
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    for r in rows {
+        if r.n == 1000 {
+            targets.push_str(&format!(
+                "| 1000 | API requests per rollout in a burst at most 1.2 | {:.2} | {} |\n",
+                r.kube_per_rollout,
+                met(r.kube_per_rollout <= 1.2)
+            ));
+        }
+        if r.n >= 10_000 {
+            targets.push_str(&format!(
+                "| {n} | resident at steady state at most 32 MiB | {:.1} | {} |\n| {n} | peak of the burst at most 48 MiB | {:.1} | {} |\n| {n} | ready within 5 s | {:.2} s | {} |\n",
+                r.rss_idle_mib, met(r.rss_idle_mib <= 32.0),
+                r.rss_peak_mib, met(r.rss_peak_mib <= 48.0),
+                r.ready_s, met(r.ready_s <= 5.0),
+                n = r.n,
+            ));
+        }
+    }
+    let targets = if targets.is_empty() {
+        String::new()
+    } else {
+        format!("Targets:\n\n| N | target | measured | |\n| --- | --- | --- | --- |\n{targets}")
+    };
     let report = format!(
-        "# Benchmark: rollouts to ilert events\n\nMachine: {machine}. Control plane: the local one of tests/cluster (kwok nodes).\nAdded delay: when the fake ilert received a rollout's event minus when a bare watch in the benchmark saw the rollout complete.\n\n{table}\n{cost}\n{PEER}\n\n![latency distribution and memory](bench.png)\n"
+        "# Benchmark: rollouts to ilert events\n\nMachine: {machine}. Control plane: the local one of tests/cluster (kwok nodes).\nAdded delay: when the fake ilert received a rollout's event minus when a bare watch in the benchmark saw the rollout complete.\n\n{table}\n{cost}\n{side}\n{targets}\n![latency distribution and memory](bench.png)\n"
     );
     std::fs::create_dir_all(format!("{REPO}/target/bench")).unwrap();
     std::fs::write(format!("{REPO}/target/bench/report.md"), &report).unwrap();
@@ -451,6 +552,12 @@ fn write_report(rows: &[Row]) {
             "rss_peak_mib": r.rss_peak_mib, "p50": r.p50, "p95": r.p95, "p99": r.p99, "max": r.max,
             "kube_per_rollout": r.kube_per_rollout, "delays_ms": r.delays_ms,
             "internal_p50_ms": r.internal_p50, "internal_p99_ms": r.internal_p99,
+            "cpu_per_1000": r.cpu_per_1000,
+            "peer": r.peer.as_ref().map(|p| json!({
+                "rss_idle_mib": p.rss_idle_mib, "rss_peak_mib": p.rss_peak_mib,
+                "cpu_per_1000": p.cpu_per_1000, "kube_per_rollout": p.kube_per_rollout,
+                "messages_per_rollout": p.messages_per_rollout,
+            })),
         })).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -460,9 +567,6 @@ fn write_report(rows: &[Row]) {
     .unwrap();
     println!("{report}");
 }
-
-/// Why there is no peer column.
-const PEER: &str = "Peer: kubewatch could not be built here. The Go module proxy this machine may use refuses both github.com/robusta-dev/kubewatch and github.com/bitnami-labs/kubewatch (403 for the version list and for v2.9.0, v2.5.0, v0.1.0 and latest), so the controller is compared with the bare-watch floor only.";
 
 fn proc_meminfo_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")

@@ -132,7 +132,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     // One TLS crypto provider for kube and reqwest alike.
     let _ = rustls::crypto::ring::default_provider().install_default();

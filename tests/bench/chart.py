@@ -1,5 +1,6 @@
 """Draws target/bench/bench.png from target/bench/results.json (written by `make bench`):
-the distribution of the controller's added delay per N, and resident memory against N."""
+the distribution of the controller's added delay per N, resident memory against N, and CPU per
+1,000 rollouts against N, each beside kubewatch's where the peer ran."""
 import json
 import sys
 
@@ -13,7 +14,7 @@ with open(results_path) as f:
     results = json.load(f)
 rows = sorted(results["rows"], key=lambda r: r["n"])
 
-fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.8))
+fig, (lat, mem, cpu) = plt.subplots(1, 3, figsize=(17, 4.8))
 for r in rows:
     delays = sorted(r["delays_ms"])
     if not delays:
@@ -31,13 +32,30 @@ lat.legend()
 ns = [r["n"] for r in rows]
 mem.plot(ns, [r["rss_idle_mib"] for r in rows], marker="o", label="steady state (idle)")
 mem.plot(ns, [r["rss_peak_mib"] for r in rows], marker="o", label="peak (during the burst)")
-mem.axhline(64, color="grey", linestyle="--", linewidth=1, label="target at N = 10,000")
+peers = [r for r in rows if r.get("peer")]
+if peers:
+    pn = [r["n"] for r in peers]
+    mem.plot(pn, [r["peer"]["rss_idle_mib"] for r in peers], marker="s", linestyle=":", label="kubewatch idle")
+    mem.plot(pn, [r["peer"]["rss_peak_mib"] for r in peers], marker="s", linestyle=":", label="kubewatch peak")
+mem.axhline(48, color="grey", linestyle="--", linewidth=1, label="target peak at N = 10,000")
+mem.axhline(32, color="grey", linestyle="-.", linewidth=1, label="target idle at N = 10,000")
 mem.set_xscale("log")
 mem.set_xlabel("Deployments watched (N, log)")
 mem.set_ylabel("resident memory (MiB)")
-mem.set_title("Controller memory")
+mem.set_title("Resident memory")
 mem.grid(True, which="both", alpha=0.3)
 mem.legend()
+
+cpu.plot(ns, [r.get("cpu_per_1000", float("nan")) for r in rows], marker="o", label="this controller")
+if peers:
+    cpu.plot(pn, [r["peer"]["cpu_per_1000"] for r in peers], marker="s", linestyle=":", label="kubewatch")
+    cpu.plot(pn, [r["peer"]["cpu_per_1000"] / 2 for r in peers], color="grey", linestyle="--", linewidth=1, label="target: half of kubewatch")
+cpu.set_xscale("log")
+cpu.set_xlabel("Deployments rolled out at once (N, log)")
+cpu.set_ylabel("CPU seconds per 1,000 rollouts")
+cpu.set_title("CPU of the burst")
+cpu.grid(True, which="both", alpha=0.3)
+cpu.legend()
 
 fig.suptitle(results.get("machine", ""), fontsize=9)
 fig.tight_layout()

@@ -109,6 +109,18 @@ spawn etcd "$ETCD_BIN/etcd" --name default --data-dir "$state/etcd" \
   --listen-metrics-urls "" --log-level warn
 wait_for etcd 30 curl -sf "http://127.0.0.1:$P_ETCD/health"
 
+# Audit: only the requests of the benchmark's peer (kubewatch, under its own ServiceAccount), so
+# `make bench` can count what the peer asks of the API server; nothing else is written.
+cat > "$state/audit-policy.yaml" <<'AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:bench-peer:kubewatch"]
+- level: None
+AUDIT
+
 spawn kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$P_ETCD" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$P_API" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -118,7 +130,9 @@ spawn kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:
   --api-audiences https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true --endpoint-reconciler-type none \
   --max-requests-inflight 2000 --max-mutating-requests-inflight 1000 \
-  --cert-dir "$state/apiserver-certs"
+  --cert-dir "$state/apiserver-certs" \
+  --audit-policy-file "$state/audit-policy.yaml" --audit-log-path "$out/logs/audit.log" \
+  --audit-log-format json
 wait_for kube-apiserver 60 "$K8S_BIN/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz
 
 spawn kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig "$kubeconfig" \

@@ -1,0 +1,273 @@
+//! The peer of `make bench`: kubewatch (built by `tests/cluster/build.sh peers` from the source
+//! kept in the shared peers folder), watching Deployments in all namespaces and posting every
+//! change to a local webhook, on the same control plane in the same run as the controller.
+//!
+//! What it asks of the API server is counted from the control plane's audit log, which records
+//! the requests of its ServiceAccount (`bench-peer/kubewatch`) and nothing else (tests/cluster/up.sh).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::{REPO, eventually};
+
+pub const USER: &str = "system:serviceaccount:bench-peer:kubewatch";
+
+/// What the webhook received.
+#[derive(Default)]
+pub struct Hook {
+    /// Per namespace: messages, and of them how many say a rollout finished.
+    pub messages: HashMap<String, usize>,
+    pub finished: HashMap<String, usize>,
+    pub reasons: HashMap<String, usize>,
+    pub last_at: Option<Instant>,
+}
+
+pub struct Peer {
+    child: Child,
+    pub pid: u32,
+    pub hook: Arc<Mutex<Hook>>,
+    _dir: PathBuf,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> PathBuf {
+    let out = Command::new(format!("{REPO}/tests/cluster/build.sh"))
+        .arg("print-bin-dirs")
+        .output()
+        .expect("tests/cluster/build.sh print-bin-dirs");
+    let dirs = String::from_utf8_lossy(&out.stdout);
+    let dir = dirs
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBEWATCH_BIN="))
+        .expect("KUBEWATCH_BIN in print-bin-dirs");
+    let bin = PathBuf::from(dir).join("kubewatch");
+    assert!(
+        bin.exists(),
+        "the peer is not built: {} is missing (make bench builds it: tests/cluster/build.sh peers)",
+        bin.display()
+    );
+    bin
+}
+
+/// A message says a rollout finished when its text does: kubewatch's say what changed
+/// (`Created`, `Updated`, `Deleted`), never whether the rollout is done.
+fn says_finished(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["rolled out", "complete", "finished", "successfully"]
+        .iter()
+        .any(|w| t.contains(w))
+}
+
+/// The ServiceAccount kubewatch runs as, with read access to Deployments, and a kubeconfig with
+/// its token.
+async fn kubeconfig(client: &Client, dir: &std::path::Path) -> PathBuf {
+    let apply = |v: Value| v;
+    let pp = PatchParams::apply("bench").force();
+    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    ns.patch(
+        "bench-peer",
+        &pp,
+        &Patch::Apply(apply(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench-peer"}}),
+        )),
+    )
+    .await
+    .expect("namespace bench-peer");
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "bench-peer");
+    sas.patch(
+        "kubewatch",
+        &pp,
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubewatch", "namespace": "bench-peer"}})),
+    )
+    .await
+    .expect("ServiceAccount kubewatch");
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    roles
+        .patch(
+            "bench-peer-kubewatch",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "bench-peer-kubewatch"},
+                "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}],
+            })),
+        )
+        .await
+        .expect("ClusterRole");
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    bindings
+        .patch(
+            "bench-peer-kubewatch",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "bench-peer-kubewatch"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "bench-peer-kubewatch"},
+                "subjects": [{"kind": "ServiceAccount", "name": "kubewatch", "namespace": "bench-peer"}],
+            })),
+        )
+        .await
+        .expect("ClusterRoleBinding");
+    let token = sas
+        .create_token_request(
+            "kubewatch",
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(24 * 3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("token for kubewatch")
+        .status
+        .expect("token status")
+        .token;
+    let admin =
+        std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{REPO}/target/cluster/kubeconfig"));
+    let text = std::fs::read_to_string(&admin).expect("the admin kubeconfig");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("token:") {
+                format!("    token: {token}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Peer {
+    /// Starts the webhook and kubewatch; returns once kubewatch's Deployment watch is open.
+    pub async fn start(client: &Client, n: usize) -> Peer {
+        let bin = binary();
+        let dir = PathBuf::from(format!("{REPO}/target/bench/peer-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = kubeconfig(client, &dir).await;
+        let hook: Arc<Mutex<Hook>> = Arc::default();
+        let app = {
+            let hook = hook.clone();
+            axum::Router::new().fallback(axum::routing::post(
+                move |axum::Json(body): axum::Json<Value>| {
+                    let hook = hook.clone();
+                    async move {
+                        let meta = &body["eventmeta"];
+                        let ns = meta["namespace"].as_str().unwrap_or("").to_string();
+                        let text = body["text"].as_str().unwrap_or("");
+                        let mut h = hook.lock().unwrap();
+                        *h.messages.entry(ns.clone()).or_default() += 1;
+                        if says_finished(text) {
+                            *h.finished.entry(ns).or_default() += 1;
+                        }
+                        *h.reasons
+                            .entry(meta["reason"].as_str().unwrap_or("").to_string())
+                            .or_default() += 1;
+                        h.last_at = Some(Instant::now());
+                        "ok"
+                    }
+                },
+            ))
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        std::fs::write(
+            dir.join(".kubewatch.yaml"),
+            format!(
+                "handler:\n  webhook:\n    url: \"http://127.0.0.1:{port}/\"\nresource:\n  deployment: true\nnamespace: \"\"\n"
+            ),
+        )
+        .unwrap();
+        let audit_before = audit_requests(true);
+        let log = std::fs::File::create(dir.join("kubewatch.log")).unwrap();
+        let child = Command::new(&bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &dir)
+            .env("KW_CONFIG", &dir)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("LISTEN_ADDRESS", "127.0.0.1:0")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let pid = child.id();
+        let peer = Peer {
+            child,
+            pid,
+            hook,
+            _dir: dir,
+        };
+        eventually(
+            Duration::from_secs(120),
+            "kubewatch watching Deployments",
+            || async { (audit_requests(true) > audit_before).then_some(()) },
+        )
+        .await;
+        peer
+    }
+
+    /// Messages about `namespace` so far, and how many of them say a rollout finished.
+    pub fn messages(&self, namespace: &str) -> (usize, usize) {
+        let h = self.hook.lock().unwrap();
+        (
+            h.messages.get(namespace).copied().unwrap_or(0),
+            h.finished.get(namespace).copied().unwrap_or(0),
+        )
+    }
+
+    /// Waits until no message arrived for `quiet` (kubewatch posts one at a time).
+    pub async fn settle(&self, quiet: Duration, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let last = self.hook.lock().unwrap().last_at;
+            if last.is_none_or(|t| t.elapsed() >= quiet) || start.elapsed() > limit {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Requests of the peer's ServiceAccount in the audit log: watches (`watches = true`), or every
+/// other request.
+pub fn audit_requests(watches: bool) -> usize {
+    // The control plane's logs sit beside its kubeconfig (tests/cluster/up.sh).
+    let kubeconfig =
+        std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{REPO}/target/cluster/kubeconfig"));
+    let path = std::path::Path::new(&kubeconfig)
+        .with_file_name("logs")
+        .join("audit.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == USER)
+        .filter(|e| (e["verb"] == "watch") == watches)
+        // A watch is logged when its response starts; any other request once, when complete.
+        .filter(|e| watches || e["stage"] == "ResponseComplete")
+        .count()
+}
