@@ -25,8 +25,10 @@ test: cluster-build image
 chaos: cluster-build
 	tests/run.sh chaos
 
-## N Deployments rolling out at once (BENCH_N=100,1000,5000 by default); report in target/bench/.
+## N Deployments rolling out at once (BENCH_N=100,1000,5000 by default), kubewatch beside the
+## controller as a peer; report in target/bench/.
 bench: cluster-build
+	tests/cluster/build.sh peers
 	tests/run.sh bench
 
 ## Formatting, clippy, the Helm chart, the Dockerfile and the GitHub workflows.

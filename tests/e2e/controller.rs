@@ -523,3 +523,48 @@ fn the_committed_crd_matches_the_rust_types() {
         "crds/ drifted from the Rust types: run `make crds` and commit"
     );
 }
+
+/// Deliveries in quick succession share one Kubernetes Event: the first after a quiet spell has
+/// its own, the others within 30 s are named in one digest Event, not one Event (one API request)
+/// each.
+#[tokio::test]
+async fn deliveries_in_quick_succession_share_one_digest_event() {
+    let w = World::new("digest", true, None, &["--rate-limit-per-minute", "1000"]).await;
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        apply(&w.deployments, name, &deployment(name, "nginx:1.25", 1)).await;
+        // One at a time: each its own delivery, not one combined event.
+        w.ilert.wait_accepted(i + 1, EVENT_WAIT).await;
+    }
+    assert_eq!(w.ilert.received().len(), 4, "four separate deliveries");
+    let delivered = || async {
+        w.events()
+            .await
+            .into_iter()
+            .filter(|e| e.starts_with("Normal Delivered"))
+            .collect::<Vec<_>>()
+    };
+    let first = delivered().await;
+    assert_eq!(first.len(), 1, "only the first delivery at once: {first:?}");
+    let all = eventually(
+        Duration::from_secs(45),
+        "the digest Event of the other three deliveries",
+        || async {
+            let all = delivered().await;
+            (all.len() >= 2).then_some(all)
+        },
+    )
+    .await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let digest = all.iter().find(|e| *e != &first[0]).unwrap();
+    assert!(
+        digest.contains("3 deliveries to ilert since the last Event: Reported Deployment/"),
+        "{digest}"
+    );
+    for name in ["b", "c", "d"] {
+        assert!(
+            digest.contains(&format!("/{name} revision 1 (Completed)")),
+            "{digest}"
+        );
+    }
+    w.assert_key_never_leaked().await;
+}
