@@ -201,6 +201,11 @@ impl Peer {
             ),
         )
         .unwrap();
+        assert!(
+            audit_log().exists(),
+            "{} is missing: the control plane was started without the audit log the peer is counted by (tests/cluster/down.sh, then up.sh)",
+            audit_log().display()
+        );
         let audit_before = audit_requests(true);
         let log = std::fs::File::create(dir.join("kubewatch.log")).unwrap();
         let child = Command::new(&bin)
@@ -270,4 +275,13 @@ pub fn audit_requests(watches: bool) -> usize {
         // A watch is logged when its response starts; any other request once, when complete.
         .filter(|e| watches || e["stage"] == "ResponseComplete")
         .count()
+}
+
+/// The control plane's audit log: its logs sit beside its kubeconfig (tests/cluster/up.sh).
+fn audit_log() -> PathBuf {
+    let kubeconfig =
+        std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{REPO}/target/cluster/kubeconfig"));
+    std::path::Path::new(&kubeconfig)
+        .with_file_name("logs")
+        .join("audit.log")
 }

@@ -15,6 +15,7 @@ mod ops_kit;
 mod promise;
 mod sets;
 mod shaping;
+mod shards;
 #[allow(dead_code)]
 mod support;
 #[allow(dead_code)]

@@ -112,7 +112,12 @@ pub fn release_name(ns: &str) -> String {
 
 /// The chart's ServiceAccount name for the test release in `ns`.
 pub fn chart_service_account(ns: &str) -> String {
-    format!("{}-ilert-rollout-controller", release_name(ns))
+    release_account(&release_name(ns))
+}
+
+/// The chart's ServiceAccount name in release `release`.
+pub fn release_account(release: &str) -> String {
+    format!("{release}-ilert-rollout-controller")
 }
 
 /// Runs `cmd` with `args`; panics with its output unless it succeeds. Returns its stdout.
@@ -135,7 +140,14 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
 /// that authenticates as the chart's ServiceAccount with a token from the TokenRequest API, so
 /// the controller runs under exactly the chart's permissions. Once per namespace.
 pub fn chart_identity(ns: &str) -> PathBuf {
-    if let Some(p) = lock_identities().get(ns) {
+    release_identity(ns, &release_name(ns))
+}
+
+/// As [`chart_identity`], for a release of its own name: a second release of the chart in the
+/// same namespace has a ServiceAccount (and RBAC) of its own.
+pub fn release_identity(ns: &str, release: &str) -> PathBuf {
+    let id = format!("{ns}/{release}");
+    if let Some(p) = lock_identities().get(&id) {
         return p.clone();
     }
     let helm = tool("helm");
@@ -145,7 +157,7 @@ pub fn chart_identity(ns: &str) -> PathBuf {
         &helm,
         &[
             "install",
-            &release_name(ns),
+            release,
             &chart,
             "-n",
             ns,
@@ -160,9 +172,20 @@ pub fn chart_identity(ns: &str) -> PathBuf {
     // itself. The chart's own Deployment would be one more workload for the test's pipeline.
     run(
         &kubectl,
-        &["delete", "deployment", &chart_service_account(ns), "-n", ns],
+        &["delete", "deployment", &release_account(release), "-n", ns],
     );
-    let token = chart_token(ns, "2h");
+    let token = run(
+        &kubectl,
+        &[
+            "create",
+            "token",
+            &release_account(release),
+            "-n",
+            ns,
+            "--duration",
+            "2h",
+        ],
+    );
     let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let admin: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
     let cluster = admin["clusters"][0]["cluster"].clone();
@@ -175,9 +198,9 @@ pub fn chart_identity(ns: &str) -> PathBuf {
     });
     let dir = PathBuf::from(REPO).join("target/e2e-logs");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{ns}.kubeconfig"));
+    let path = dir.join(format!("{ns}-{release}.kubeconfig"));
     std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    lock_identities().insert(ns.to_string(), path.clone());
+    lock_identities().insert(id, path.clone());
     path
 }
 
@@ -232,9 +255,22 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        if lock_identities().remove(&self.name).is_some() {
+        // Every release installed here: their ClusterRoles outlive the namespace.
+        let releases: Vec<String> = {
+            let mut ids = lock_identities();
+            let prefix = format!("{}/", self.name);
+            let mine: Vec<String> = ids
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            mine.iter()
+                .filter_map(|k| ids.remove(k).map(|_| k[prefix.len()..].to_string()))
+                .collect()
+        };
+        for release in releases {
             let _ = Command::new(tool("helm"))
-                .args(["uninstall", &release_name(&self.name), "-n", &self.name])
+                .args(["uninstall", &release, "-n", &self.name])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
@@ -665,6 +701,18 @@ impl Controller {
         extra: &[&str],
         replica: &str,
     ) -> Self {
+        Self::start_serving_as(ns, ilert, selector, extra, replica, chart_identity(ns))
+    }
+
+    /// As [`Controller::start_serving`], authenticated by `kubeconfig` (see [`release_identity`]).
+    pub fn start_serving_as(
+        ns: &str,
+        ilert: &FakeIlert,
+        selector: &str,
+        extra: &[&str],
+        replica: &str,
+        kubeconfig: PathBuf,
+    ) -> Self {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--cluster-name".into(),
@@ -690,7 +738,6 @@ impl Controller {
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(REPO).join("target/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = chart_identity(ns);
         let mut c = Controller {
             kubeconfig,
             env: Vec::new(),
@@ -805,6 +852,12 @@ impl Controller {
             }
         }
         started.elapsed()
+    }
+
+    /// SIGTERM, then the same process again: a rolling restart, as the chart's pod gets.
+    pub async fn graceful_restart(&mut self) {
+        self.terminate().await;
+        self.spawn();
     }
 
     fn starts(&self) -> usize {
