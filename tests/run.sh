@@ -35,6 +35,8 @@ if [[ ! -f target/cluster/state-dir ]]; then
 fi
 export KUBECONFIG="$repo/target/cluster/kubeconfig"
 if [[ "$mode" == bench ]]; then
+  # The benchmark holds a socket per connection of the peer and reads its own logs: room for both.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   cargo bench --bench rollouts
   rc=$?
   if [[ $rc == 0 ]]; then

@@ -186,7 +186,10 @@ impl Peer {
                             .entry(meta["reason"].as_str().unwrap_or("").to_string())
                             .or_default() += 1;
                         h.last_at = Some(Instant::now());
-                        "ok"
+                        // kubewatch never closes a response body, so it never reuses a
+                        // connection: closing each from this side keeps the benchmark's own
+                        // sockets from piling up (its side stays open, as it does in production).
+                        ([(axum::http::header::CONNECTION, "close")], "ok")
                     }
                 },
             ))

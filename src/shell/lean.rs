@@ -5,7 +5,8 @@
 //! manager, and only one fact of them is read (which manager last changed the pod template, and
 //! when). [`Lean`] reads an object with a metadata of its own ([`LeanMeta`]): managedFields kept
 //! as manager, time and subresource, with `fieldsV1` reduced to whether it touches
-//! `spec.template`; every other field the views never read is skipped, not built. The views are
+//! `spec.template`; of the pod template of a Deployment or ReplicaSet, only each container's
+//! name and image; every other field the views never read is skipped, not built. The views are
 //! then made from ordinary k8s-openapi objects, so the pure core does not know.
 
 use std::borrow::Cow;
@@ -16,8 +17,9 @@ use k8s_openapi::api::apps::v1::{
     DeploymentStatus, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus, StatefulSet, StatefulSetSpec,
     StatefulSetStatus,
 };
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    FieldsV1, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
+    FieldsV1, LabelSelector, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::Resource;
@@ -163,10 +165,106 @@ macro_rules! spec_status {
     };
 }
 
-spec_status!(Deployment, DeploymentSpec, DeploymentStatus);
+// A DaemonSet's view digests its whole pod template, and a StatefulSet's is read whole too.
 spec_status!(StatefulSet, StatefulSetSpec, StatefulSetStatus);
 spec_status!(DaemonSet, DaemonSetSpec, DaemonSetStatus);
-spec_status!(ReplicaSet, ReplicaSetSpec, ReplicaSetStatus);
+
+/// A pod template as far as the Deployment and ReplicaSet views read it: the name and image of
+/// each container. The rest of the pod spec (env, probes, resources, volumes) is skipped.
+#[derive(Deserialize)]
+struct LeanTemplate {
+    spec: Option<LeanPodSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanPodSpec {
+    #[serde(default)]
+    containers: Vec<LeanContainer>,
+    init_containers: Option<Vec<LeanContainer>>,
+}
+
+#[derive(Deserialize)]
+struct LeanContainer {
+    name: String,
+    image: Option<String>,
+}
+
+impl From<LeanTemplate> for PodTemplateSpec {
+    fn from(t: LeanTemplate) -> Self {
+        let container = |c: LeanContainer| Container {
+            name: c.name,
+            image: c.image,
+            ..Default::default()
+        };
+        PodTemplateSpec {
+            metadata: None,
+            spec: t.spec.map(|s| PodSpec {
+                containers: s.containers.into_iter().map(container).collect(),
+                init_containers: s
+                    .init_containers
+                    .map(|cs| cs.into_iter().map(container).collect()),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+impl LeanShape for Deployment {
+    fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shape {
+            metadata: LeanMeta,
+            spec: Option<Spec>,
+            status: Option<DeploymentStatus>,
+        }
+        #[derive(Deserialize)]
+        struct Spec {
+            replicas: Option<i32>,
+            paused: Option<bool>,
+            selector: Option<LabelSelector>,
+            template: Option<LeanTemplate>,
+        }
+        let s = Shape::deserialize(d)?;
+        Ok(Deployment {
+            metadata: s.metadata.into(),
+            spec: s.spec.map(|spec| DeploymentSpec {
+                replicas: spec.replicas,
+                paused: spec.paused,
+                selector: spec.selector.unwrap_or_default(),
+                template: spec.template.map(Into::into).unwrap_or_default(),
+                ..Default::default()
+            }),
+            status: s.status,
+        })
+    }
+}
+
+impl LeanShape for ReplicaSet {
+    fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shape {
+            metadata: LeanMeta,
+            spec: Option<Spec>,
+            status: Option<ReplicaSetStatus>,
+        }
+        #[derive(Deserialize)]
+        struct Spec {
+            replicas: Option<i32>,
+            template: Option<LeanTemplate>,
+        }
+        let s = Shape::deserialize(d)?;
+        Ok(ReplicaSet {
+            metadata: s.metadata.into(),
+            spec: s.spec.map(|spec| ReplicaSetSpec {
+                replicas: spec.replicas,
+                template: spec.template.map(Into::into),
+                ..Default::default()
+            }),
+            status: s.status,
+        })
+    }
+}
 
 impl LeanShape for ControllerRevision {
     fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
