@@ -11,13 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 
-use crate::support::{REPO, eventually};
+use crate::support::{REPO, account_token, eventually, token_kubeconfig};
+use crate::world::apply_as;
 
 pub const USER: &str = "system:serviceaccount:bench-peer:kubewatch";
 
@@ -76,86 +77,33 @@ fn says_finished(text: &str) -> bool {
 /// The ServiceAccount kubewatch runs as, with read access to Deployments, and a kubeconfig with
 /// its token.
 async fn kubeconfig(client: &Client, dir: &std::path::Path) -> PathBuf {
-    let apply = |v: Value| v;
-    let pp = PatchParams::apply("bench").force();
-    let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    ns.patch(
-        "bench-peer",
-        &pp,
-        &Patch::Apply(apply(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench-peer"}}),
-        )),
-    )
-    .await
-    .expect("namespace bench-peer");
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench-peer"}});
+    apply_as(&ns, "bench", "bench-peer", &body).await;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "bench-peer");
-    sas.patch(
-        "kubewatch",
-        &pp,
-        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubewatch", "namespace": "bench-peer"}})),
-    )
-    .await
-    .expect("ServiceAccount kubewatch");
-    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
-    roles
-        .patch(
-            "bench-peer-kubewatch",
-            &pp,
-            &Patch::Apply(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": "bench-peer-kubewatch"},
-                "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}],
-            })),
-        )
-        .await
-        .expect("ClusterRole");
-    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
-    bindings
-        .patch(
-            "bench-peer-kubewatch",
-            &pp,
-            &Patch::Apply(json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": "bench-peer-kubewatch"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "bench-peer-kubewatch"},
-                "subjects": [{"kind": "ServiceAccount", "name": "kubewatch", "namespace": "bench-peer"}],
-            })),
-        )
-        .await
-        .expect("ClusterRoleBinding");
-    let token = sas
-        .create_token_request(
-            "kubewatch",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(24 * 3600),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("token for kubewatch")
-        .status
-        .expect("token status")
-        .token;
-    let admin =
-        std::env::var("KUBECONFIG").unwrap_or_else(|_| format!("{REPO}/target/cluster/kubeconfig"));
-    let text = std::fs::read_to_string(&admin).expect("the admin kubeconfig");
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("token:") {
-                format!("    token: {token}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubewatch", "namespace": "bench-peer"}});
+    apply_as(&sas, "bench", "kubewatch", &body).await;
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let body = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "bench-peer-kubewatch"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}],
+    });
+    apply_as(&roles, "bench", "bench-peer-kubewatch", &body).await;
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let body = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "bench-peer-kubewatch"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "bench-peer-kubewatch"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kubewatch", "namespace": "bench-peer"}],
+    });
+    apply_as(&bindings, "bench", "bench-peer-kubewatch", &body).await;
     let path = dir.join("kubeconfig");
-    std::fs::write(&path, text).unwrap();
+    token_kubeconfig(
+        &path,
+        &account_token("bench-peer", "kubewatch", "24h"),
+        "bench-peer",
+    );
     path
 }
 

@@ -297,6 +297,25 @@ mod tests {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
+    /// The view of `item` (from fixture `name`) read lean; asserts that read whole it is the
+    /// same, and so is the resourceVersion the watcher resumes from.
+    fn same_view<K, V>(item: &str, name: &str, view: fn(&K) -> V) -> V
+    where
+        K: LeanShape + Resource + serde::de::DeserializeOwned,
+        V: PartialEq + std::fmt::Debug,
+    {
+        let whole: K = serde_json::from_str(item).unwrap();
+        let lean: Lean<K> = serde_json::from_str(item).unwrap();
+        assert_eq!(
+            whole.meta().resource_version,
+            lean.0.meta().resource_version,
+            "{name}"
+        );
+        let v = view(&lean.0);
+        assert_eq!(view(&whole), v, "{name}");
+        v
+    }
+
     /// Every fixture captured from the cluster gives the same view read lean as read whole.
     #[test]
     fn lean_objects_give_the_views_whole_objects_give() {
@@ -328,58 +347,20 @@ mod tests {
                 let s = item.to_string();
                 match kind {
                     "Deployment" => {
-                        let whole: Deployment = serde_json::from_str(&s).unwrap();
-                        let lean: Lean<Deployment> = serde_json::from_str(&s).unwrap();
-                        assert_eq!(
-                            WorkloadView::from_deployment(&whole),
-                            WorkloadView::from_deployment(&lean.0),
-                            "{name}"
-                        );
-                        assert_eq!(
-                            whole.metadata.resource_version,
-                            lean.0.metadata.resource_version
-                        );
-                        managers += usize::from(
-                            WorkloadView::from_deployment(&lean.0)
-                                .template_manager
-                                .is_some(),
-                        );
+                        let view = same_view(&s, &name, WorkloadView::from_deployment);
+                        managers += usize::from(view.template_manager.is_some());
                     }
                     "StatefulSet" => {
-                        let whole: StatefulSet = serde_json::from_str(&s).unwrap();
-                        let lean: Lean<StatefulSet> = serde_json::from_str(&s).unwrap();
-                        assert_eq!(
-                            WorkloadView::from_stateful_set(&whole),
-                            WorkloadView::from_stateful_set(&lean.0),
-                            "{name}"
-                        );
+                        same_view(&s, &name, WorkloadView::from_stateful_set);
                     }
                     "DaemonSet" => {
-                        let whole: DaemonSet = serde_json::from_str(&s).unwrap();
-                        let lean: Lean<DaemonSet> = serde_json::from_str(&s).unwrap();
-                        assert_eq!(
-                            WorkloadView::from_daemon_set(&whole),
-                            WorkloadView::from_daemon_set(&lean.0),
-                            "{name}"
-                        );
+                        same_view(&s, &name, WorkloadView::from_daemon_set);
                     }
                     "ReplicaSet" => {
-                        let whole: ReplicaSet = serde_json::from_str(&s).unwrap();
-                        let lean: Lean<ReplicaSet> = serde_json::from_str(&s).unwrap();
-                        assert_eq!(
-                            ReplicaSetView::from_replica_set(&whole),
-                            ReplicaSetView::from_replica_set(&lean.0),
-                            "{name}"
-                        );
+                        same_view(&s, &name, ReplicaSetView::from_replica_set);
                     }
                     "ControllerRevision" => {
-                        let whole: ControllerRevision = serde_json::from_str(&s).unwrap();
-                        let lean: Lean<ControllerRevision> = serde_json::from_str(&s).unwrap();
-                        assert_eq!(
-                            RevisionView::from_controller_revision(&whole),
-                            RevisionView::from_controller_revision(&lean.0),
-                            "{name}"
-                        );
+                        same_view(&s, &name, RevisionView::from_controller_revision);
                     }
                     _ => continue,
                 }

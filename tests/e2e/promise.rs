@@ -3,10 +3,8 @@
 //! OnDelete StatefulSets reported at their real end, Ready that says only what is known, and
 //! instances split by `--pipeline-selector` that never repeat or forget each other's events.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 
 use crate::*;
 
@@ -138,24 +136,6 @@ async fn label_nodes(client: &Client, label: &str, on: bool) {
             .await
             .expect("label node");
     }
-}
-
-/// The ledger ConfigMaps the controller keeps in `ns`.
-async fn ledger_maps(client: &Client, ns: &str) -> Vec<ConfigMap> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    api.list(&Default::default())
-        .await
-        .expect("configmaps")
-        .items
-        .into_iter()
-        .filter(|c| {
-            c.metadata
-                .name
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("ilert-ledger-")
-        })
-        .collect()
 }
 
 /// The ledger entries the controller keeps in `ns`, as ConfigMap data keys.
@@ -321,19 +301,6 @@ async fn instances_split_by_pipeline_selector_never_repeat_or_forget_each_other(
         d["metadata"]["labels"]["team"] = json!(team);
         d
     };
-    // Per (key, workload, revision): how many events ilert accepted.
-    let tally = |ilert: &FakeIlert| {
-        let mut t: BTreeMap<(String, String, String), usize> = BTreeMap::new();
-        for e in ilert.accepted() {
-            *t.entry((
-                e["integrationKey"].as_str().unwrap_or("").into(),
-                e["customDetails"]["name"].as_str().unwrap_or("").into(),
-                e["customDetails"]["revision"].as_str().unwrap_or("").into(),
-            ))
-            .or_default() += 1;
-        }
-        t
-    };
     apply(&deployments, "api", &workload("api", "a", "nginx:1.25")).await;
     apply(&deployments, "web", &workload("web", "b", "nginx:1.25")).await;
     ilert.wait_accepted(2, EVENT_WAIT).await;
@@ -347,7 +314,7 @@ async fn instances_split_by_pipeline_selector_never_repeat_or_forget_each_other(
     apply(&deployments, "web", &workload("web", "b", "nginx:1.26")).await;
     ilert.wait_accepted(4, EVENT_WAIT).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let t = tally(&ilert);
+    let t = accepted_per_rollout(&ilert);
     assert_eq!(t.len(), 4, "{t:?}");
     assert!(t.values().all(|n| *n == 1), "repeated events: {t:?}");
 

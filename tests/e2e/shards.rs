@@ -4,12 +4,11 @@
 //! (SIGTERM): nothing lost, nothing doubled, and neither writes the other's ledger. Between the
 //! releases of one namespace a pipeline also moves from one shard to the other.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ilert_rollout_controller::domain::keys::PIPELINE_UID_LABEL;
 use ilert_rollout_controller::pipeline::IlertPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -19,43 +18,14 @@ use crate::*;
 
 const PER_SHARD: usize = 8;
 
-/// Per (key, workload, revision): how many events ilert accepted.
-fn tally(ilert: &FakeIlert) -> BTreeMap<(String, String, String), usize> {
-    let mut t = BTreeMap::new();
-    for e in ilert.accepted() {
-        *t.entry((
-            e["integrationKey"].as_str().unwrap_or("").to_string(),
-            e["customDetails"]["name"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            e["customDetails"]["revision"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-        ))
-        .or_default() += 1;
-    }
-    t
-}
-
 /// The ledger ConfigMaps in `ns`, as (name, the pipeline uid its label names).
 async fn ledgers(client: &Client, ns: &str) -> Vec<(String, String)> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    api.list(&Default::default())
+    ledger_maps(client, ns)
         .await
-        .expect("configmaps")
-        .items
         .into_iter()
         .filter_map(|c| {
-            let name = c.metadata.name.clone()?;
-            let uid = c
-                .metadata
-                .labels
-                .as_ref()?
-                .get("ilert.com/pipeline-uid")?
-                .clone();
-            name.starts_with("ilert-ledger-").then_some((name, uid))
+            let uid = c.metadata.labels.as_ref()?.get(PIPELINE_UID_LABEL)?.clone();
+            Some((c.metadata.name?, uid))
         })
         .collect()
 }
@@ -179,7 +149,7 @@ async fn split_cluster(separate_namespaces: bool) {
     )
     .await;
     assert_no_more_than(&ilert, 4 * PER_SHARD, Duration::from_secs(5)).await;
-    let t = tally(&ilert);
+    let t = accepted_per_rollout(&ilert);
     assert_eq!(t.len(), 4 * PER_SHARD, "one event per rollout: {t:?}");
     assert!(t.values().all(|n| *n == 1), "repeated events: {t:?}");
     for (key, name, _) in t.keys() {
@@ -230,7 +200,7 @@ async fn split_cluster(separate_namespaces: bool) {
     }
     ilert.wait_accepted(5 * PER_SHARD, EVENT_WAIT * 2).await;
     assert_no_more_than(&ilert, 5 * PER_SHARD, Duration::from_secs(5)).await;
-    let t = tally(&ilert);
+    let t = accepted_per_rollout(&ilert);
     assert!(t.values().all(|n| *n == 1), "repeated events: {t:?}");
     for i in 0..PER_SHARD {
         let k = (

@@ -174,18 +174,31 @@ pub fn release_identity(ns: &str, release: &str) -> PathBuf {
         &kubectl,
         &["delete", "deployment", &release_account(release), "-n", ns],
     );
-    let token = run(
-        &kubectl,
-        &[
-            "create",
-            "token",
-            &release_account(release),
-            "-n",
-            ns,
-            "--duration",
-            "2h",
-        ],
-    );
+    let token = account_token(ns, &release_account(release), "2h");
+    let dir = PathBuf::from(REPO).join("target/e2e-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{ns}-{release}.kubeconfig"));
+    token_kubeconfig(&path, &token, ns);
+    lock_identities().insert(id, path.clone());
+    path
+}
+
+/// A TokenRequest token of the chart's ServiceAccount in `ns`, valid for `duration` (`1h`).
+pub fn chart_token(ns: &str, duration: &str) -> String {
+    account_token(ns, &chart_service_account(ns), duration)
+}
+
+/// A TokenRequest token of ServiceAccount `ns/account`, valid for `duration` (`1h`).
+pub fn account_token(ns: &str, account: &str, duration: &str) -> String {
+    run(
+        &tool("kubectl"),
+        &["create", "token", account, "-n", ns, "--duration", duration],
+    )
+}
+
+/// Writes to `path` a kubeconfig for the control plane of `KUBECONFIG` that authenticates with
+/// `token` and defaults to `namespace`.
+pub fn token_kubeconfig(path: &Path, token: &str, namespace: &str) {
     let admin = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let admin: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
     let cluster = admin["clusters"][0]["cluster"].clone();
@@ -193,31 +206,10 @@ pub fn release_identity(ns: &str, release: &str) -> PathBuf {
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "local", "cluster": cluster}],
         "users": [{"name": "controller", "user": {"token": token.trim()}}],
-        "contexts": [{"name": "controller", "context": {"cluster": "local", "user": "controller", "namespace": ns}}],
+        "contexts": [{"name": "controller", "context": {"cluster": "local", "user": "controller", "namespace": namespace}}],
         "current-context": "controller",
     });
-    let dir = PathBuf::from(REPO).join("target/e2e-logs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{ns}-{release}.kubeconfig"));
-    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    lock_identities().insert(id, path.clone());
-    path
-}
-
-/// A TokenRequest token of the chart's ServiceAccount in `ns`, valid for `duration` (`1h`).
-pub fn chart_token(ns: &str, duration: &str) -> String {
-    run(
-        &tool("kubectl"),
-        &[
-            "create",
-            "token",
-            &chart_service_account(ns),
-            "-n",
-            ns,
-            "--duration",
-            duration,
-        ],
-    )
+    std::fs::write(path, serde_json::to_string(&config).unwrap()).unwrap();
 }
 
 /// A namespace of its own for one test, deleted when dropped.

@@ -1,10 +1,11 @@
 //! One test's world (namespace, key Secret, pipeline, fake ilert, controller) and the helpers
 //! every end-to-end suite shares: the main one and the fault-injection one (tests/chaos).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -323,6 +324,44 @@ pub async fn create_pipeline(api: &Api<IlertPipeline>, served_by: &str, name: &s
     )
     .await
     .expect("apply pipeline");
+}
+
+/// The ledger ConfigMaps the controller keeps in `ns`.
+pub async fn ledger_maps(client: &Client, ns: &str) -> Vec<ConfigMap> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .expect("configmaps")
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(ilert_rollout_controller::domain::book::NAME_PREFIX)
+        })
+        .collect()
+}
+
+/// Per (integration key, workload, revision): how many events ilert accepted.
+pub fn accepted_per_rollout(ilert: &FakeIlert) -> BTreeMap<(String, String, String), usize> {
+    let mut t = BTreeMap::new();
+    for e in ilert.accepted() {
+        *t.entry((
+            e["integrationKey"].as_str().unwrap_or("").to_string(),
+            e["customDetails"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            e["customDetails"]["revision"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        ))
+        .or_default() += 1;
+    }
+    t
 }
 
 /// Asserts that nothing more than `n` events arrives within `wait`.

@@ -223,48 +223,41 @@ impl<P: Payload> Sender<P> {
         };
         // One Event per delivery would be one more API request per rollout: the first after a
         // quiet spell goes at once, the rest of a burst in one digest Event (domain::digest).
-        let intent = lock(&self.digest).delivered(&note, Instant::now());
+        // None: publish now; Some(at): publish the digest at `at`.
+        let digest_at = match lock(&self.digest).delivered(&note, Instant::now()) {
+            Intent::Publish => None,
+            Intent::Hold(Some(at)) => Some(at),
+            // Held for the digest another delivery already scheduled.
+            Intent::Hold(None) => return,
+        };
+        // Related to the workload, so each workload's deliveries form their own Event series
+        // instead of folding into one series under the first note.
+        let related = (batch.len() == 1)
+            .then(|| workload_reference(&last.workload))
+            .flatten();
         let (recorder, reference) = (self.shared.recorder.clone(), self.reference.clone());
-        match intent {
-            Intent::Publish => {
-                // Related to the workload, so each workload's deliveries form their own Event
-                // series instead of folding into one series under the first note.
-                let related = (batch.len() == 1)
-                    .then(|| workload_reference(&last.workload))
-                    .flatten();
-                // Off the send path.
-                tokio::spawn(async move {
-                    publish(
-                        &recorder,
-                        &reference,
-                        EventType::Normal,
-                        reason,
-                        &note,
-                        related,
-                    )
-                    .await;
-                });
-            }
-            Intent::Hold(Some(at)) => {
-                let digest = self.digest.clone();
-                tokio::spawn(async move {
+        let digest = self.digest.clone();
+        // Off the send path.
+        tokio::spawn(async move {
+            let (note, related) = match digest_at {
+                None => (Some(note), related),
+                Some(at) => {
                     tokio::time::sleep_until(at).await;
-                    let note = lock(&digest).flush(Instant::now());
-                    if let Some(note) = note {
-                        publish(
-                            &recorder,
-                            &reference,
-                            EventType::Normal,
-                            reason,
-                            &note,
-                            None,
-                        )
-                        .await;
-                    }
-                });
+                    (lock(&digest).flush(Instant::now()), None)
+                }
+            };
+            if let Some(note) = note {
+                publish(
+                    &recorder,
+                    &reference,
+                    EventType::Normal,
+                    reason,
+                    &note,
+                    related,
+                )
+                .await;
             }
-            Intent::Hold(None) => {}
-        }
+        });
     }
 
     /// Records what ilert said to a test event, in status and as a Kubernetes Event.
