@@ -74,6 +74,10 @@ struct RunArgs {
     /// Serve only IlertPipelines with these labels (e.g. `shard=a`): splits a large cluster across releases.
     #[arg(long, env = "PIPELINE_SELECTOR")]
     pipeline_selector: Option<String>,
+    /// How often to ask the API server whether Argo Rollouts' Rollout kind is served, in
+    /// seconds: its watch starts when the CRD appears and stops when it goes, without a restart.
+    #[arg(long, env = "DISCOVERY_INTERVAL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    discovery_interval_seconds: u64,
     /// Time-out of one request to ilert, in seconds.
     #[arg(long, env = "ILERT_TIMEOUT_SECONDS", default_value_t = 10)]
     ilert_timeout_seconds: u64,
@@ -187,6 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pipeline_selector: args.pipeline_selector.clone(),
         retry_cap: Duration::from_secs(args.retry_max_seconds.max(1)),
         ilert_timeout: Duration::from_secs(args.ilert_timeout_seconds.max(1)),
+        discovery_interval: Duration::from_secs(args.discovery_interval_seconds),
         lease: args.leader_elect.then(|| args.lease_name.clone()),
         ledger_capacity: ilert_rollout_controller::domain::book::Capacity {
             page_bytes: args.ledger_page_kib as usize * 1024,

@@ -97,7 +97,8 @@ pub struct IlertPipelineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
 
-    /// Kinds of workload to report: Deployment, StatefulSet, DaemonSet. Absent: all three.
+    /// Kinds of workload to report: Deployment, StatefulSet, DaemonSet, Rollout (Argo Rollouts).
+    /// Absent: all four.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub workloads: Option<Vec<Kind>>,
@@ -374,17 +375,30 @@ pub enum Kind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    /// Argo Rollouts' `Rollout` (argoproj.io/v1alpha1), watched once its CRD is installed.
+    Rollout,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet];
+    pub const ALL: [Kind; 4] = [
+        Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::DaemonSet,
+        Kind::Rollout,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Deployment => "Deployment",
             Kind::StatefulSet => "StatefulSet",
             Kind::DaemonSet => "DaemonSet",
+            Kind::Rollout => "Rollout",
         }
+    }
+
+    /// Kinds whose history is in ReplicaSets (the others keep ControllerRevisions).
+    pub fn has_replica_sets(self) -> bool {
+        matches!(self, Kind::Deployment | Kind::Rollout)
     }
 }
 

@@ -228,7 +228,7 @@ impl Cluster {
                 w.current_replica_set = if cache_lags {
                     None
                 } else {
-                    resolve_replica_set(&w, &sets)
+                    resolve_replica_set(&w, &sets).map(|rs| rs.name.clone())
                 };
             }
             _ => {

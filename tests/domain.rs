@@ -67,7 +67,7 @@ fn deployment(doc: Value, replica_sets: Option<&str>) -> WorkloadView {
                 .iter()
                 .map(ReplicaSetView::from_replica_set)
                 .collect();
-            resolve_replica_set(&w, &sets)
+            resolve_replica_set(&w, &sets).map(|rs| rs.name.clone())
         }
         None => w.progressing_replica_set.clone(),
     };

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::domain::ledger::{Entry, RolloutKey, State};
 pub use crate::domain::payload::{AlertEvent, EventType};
 use crate::domain::payload::{DeploymentEvent, MAX_SUMMARY_CHARS};
-use crate::domain::rollout::Outcome;
+use crate::domain::rollout::{Kind, Outcome};
 use crate::domain::text::{WorkloadRef, on_cluster, truncate};
 use crate::pipeline::AlertPriority;
 
@@ -63,12 +63,12 @@ pub fn action<'a>(
         match k.outcome {
             // An ALERT ilert refused for good opened nothing; a refused RESOLVE closed nothing.
             _ if e.state == State::Failed => {}
-            Outcome::Failed => last_alert = last_alert.max(Some(k.revision)),
+            o if o.is_failure() => last_alert = last_alert.max(Some(k.revision)),
             _ => last_resolve = last_resolve.max(Some(k.revision)),
         }
     }
     match key.outcome {
-        Outcome::Failed => Some(Action::Alert),
+        o if o.is_failure() => Some(Action::Alert),
         _ => match (last_alert, last_resolve) {
             (Some(a), Some(r)) if r >= a => None,
             (Some(_), _) => Some(Action::Resolve),
@@ -96,6 +96,18 @@ pub fn event(
     }
     let mut lines = Vec::new();
     match action {
+        Action::Alert if text("outcome").as_deref() == Some(Outcome::Aborted.as_str()) => {
+            let why = d
+                .get("argoRollout")
+                .and_then(|a| a.get("message"))
+                .and_then(Value::as_str)
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default();
+            lines.push(format!(
+                "{workload} aborted its rollout of revision {} and went back to the stable ReplicaSet{why}.",
+                text("revision").unwrap_or_default()
+            ))
+        }
         Action::Alert => lines.push(format!(
             "{workload} did not finish rolling out revision {} within its progress deadline.",
             text("revision").unwrap_or_default()
@@ -134,11 +146,21 @@ pub fn event(
         }
     }
     if action == Action::Alert {
-        lines.push(format!(
-            "Look at: kubectl rollout status {} ; kubectl describe {}",
-            kubectl_ref(workload),
-            kubectl_ref(workload)
-        ));
+        let look = match WorkloadRef::parse(workload) {
+            // Argo Rollouts' kubectl plugin shows the steps, ReplicaSets and analysis.
+            Some(w) if w.kind == Kind::Rollout.as_str() => format!(
+                "Look at: kubectl argo rollouts get rollout {} -n {} ; kubectl describe {}",
+                w.name,
+                w.namespace,
+                kubectl_ref(workload)
+            ),
+            _ => format!(
+                "Look at: kubectl rollout status {} ; kubectl describe {}",
+                kubectl_ref(workload),
+                kubectl_ref(workload)
+            ),
+        };
+        lines.push(look);
     }
     let mut custom_details = d.clone();
     custom_details.insert("source".into(), json!("ilert-rollout-controller"));

@@ -4,7 +4,7 @@
 //! (README, "Template context"), built from the same facts so the two never disagree.
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::domain::history::Rollout;
 use crate::domain::keys::{
@@ -191,6 +191,7 @@ pub fn template_context(rollout: &Rollout, cluster: &str, summary: &str) -> Valu
         "startedAt": rollout.started_at.map(|t| t.to_string()),
         "finishedAt": rollout.finished_at.to_string(),
         "durationSeconds": rollout.duration_seconds(),
+        "argoRollout": argo_details(rollout),
         "replicas": {
             "desired": w.spec_replicas,
             "updated": w.updated_replicas,
@@ -198,6 +199,29 @@ pub fn template_context(rollout: &Rollout, cluster: &str, summary: &str) -> Valu
             "available": w.available_replicas,
         },
     })
+}
+
+/// What an Argo Rollouts Rollout adds: its strategy, the canary steps taken, and Argo's message
+/// (why it was aborted or failed). Also the template context's `argoRollout`.
+pub fn argo_details(rollout: &Rollout) -> Option<Value> {
+    let a = rollout.workload.argo.as_deref()?;
+    let mut d = Map::new();
+    if let Some(s) = a.strategy {
+        d.insert("strategy".into(), json!(s.as_str()));
+    }
+    if let Some(steps) = a.steps_line() {
+        d.insert("steps".into(), json!(steps));
+    }
+    if let Some(m) = a.message.as_deref().filter(|m| !m.is_empty()) {
+        d.insert(
+            "message".into(),
+            json!(crate::domain::text::truncate(m, 512)),
+        );
+    }
+    if let Some(w) = &a.workload_ref {
+        d.insert("workloadRef".into(), json!(format!("Deployment/{w}")));
+    }
+    Some(Value::Object(d))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::domain::book::{Book, Writes};
 use crate::domain::history::{History, Rollout};
 use crate::domain::ledger::{Decision, Entry, RolloutKey, Sight, State, Times, Verdict, judge};
 use crate::domain::report;
-use crate::domain::rollout::{Finished, Outcome, Progress, WorkloadView};
+use crate::domain::rollout::{Finished, Progress, WorkloadView};
 use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
 
@@ -74,7 +74,7 @@ pub fn owed(w: &WorkloadView, p: &Pipeline, book: &Book) -> Owed {
     let alerts_ledger = alerts::ledger_id(p.uid);
     let alert = p.alerts.and_then(|priority| {
         // A failure from before the pipeline, or older than one already known, pages no one.
-        let stale = key.outcome == Outcome::Failed
+        let stale = key.outcome.is_failure()
             && matches!(
                 book.decide(&alerts_ledger, &key, times),
                 Decision::Baseline | Decision::Superseded

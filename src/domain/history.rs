@@ -7,7 +7,10 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde::Deserialize;
 
-use crate::domain::keys::{REVISION_ANNOTATION, REVISION_HISTORY_ANNOTATION};
+use crate::domain::keys::{
+    ARGO_REVISION_ANNOTATION, ARGO_REVISION_HISTORY_ANNOTATION, REVISION_ANNOTATION,
+    REVISION_HISTORY_ANNOTATION,
+};
 use crate::domain::pairs::Pairs;
 use crate::domain::rollout::{
     Finished, Kind, Outcome, WorkloadView, controller_uid, images, template_digest,
@@ -46,15 +49,23 @@ pub struct ReplicaSetView {
 
 impl ReplicaSetView {
     pub fn from_replica_set(rs: &ReplicaSet) -> Self {
-        let annotation = |key: &str| rs.metadata.annotations.as_ref()?.get(key).cloned();
+        let annotations = rs.metadata.annotations.as_ref();
+        // A Deployment's ReplicaSets carry Kubernetes' annotations, a Rollout's Argo's.
+        let annotation = |key: &str, argo: &str| {
+            annotations.and_then(|a| a.get(key).or_else(|| a.get(argo)).cloned())
+        };
         ReplicaSetView {
             uid: rs.metadata.uid.clone().unwrap_or_default(),
             name: rs.metadata.name.as_deref().unwrap_or_default().into(),
             owner: controller_uid(&rs.metadata),
-            revision: annotation(REVISION_ANNOTATION).and_then(|r| r.parse().ok()),
-            revision_history: annotation(REVISION_HISTORY_ANNOTATION)
-                .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
-                .unwrap_or_default(),
+            revision: annotation(REVISION_ANNOTATION, ARGO_REVISION_ANNOTATION)
+                .and_then(|r| r.parse().ok()),
+            revision_history: annotation(
+                REVISION_HISTORY_ANNOTATION,
+                ARGO_REVISION_HISTORY_ANNOTATION,
+            )
+            .map(|h| h.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+            .unwrap_or_default(),
             images: rs
                 .spec
                 .as_ref()
@@ -112,7 +123,7 @@ pub fn resolve_revision<'a>(
         .into_iter()
         .filter(|r| r.owner.as_deref() == Some(workload.uid.as_str()));
     match workload.kind {
-        Kind::Deployment => None,
+        Kind::Deployment | Kind::Rollout => None,
         Kind::StatefulSet => {
             let name = workload.update_revision.as_deref()?;
             owned.find(|r| &*r.name == name).map(|r| r.revision)
@@ -127,13 +138,14 @@ pub fn resolve_revision<'a>(
     }
 }
 
-/// The name of the ReplicaSet that holds a Deployment's current revision, from its ReplicaSets.
-/// None until that ReplicaSet is known (the watches are separate streams) and for other kinds.
+/// The ReplicaSet that holds a Deployment's or Rollout's current revision, from its
+/// ReplicaSets. None until that ReplicaSet is known (the watches are separate streams) and for
+/// other kinds.
 pub fn resolve_replica_set<'a>(
     workload: &WorkloadView,
     replica_sets: impl IntoIterator<Item = &'a ReplicaSetView>,
-) -> Option<Box<str>> {
-    if workload.kind != Kind::Deployment {
+) -> Option<&'a ReplicaSetView> {
+    if !workload.kind.has_replica_sets() {
         return None;
     }
     let revision = workload.revision()?;
@@ -141,7 +153,6 @@ pub fn resolve_replica_set<'a>(
         .into_iter()
         .filter(|rs| rs.owner.as_deref() == Some(workload.uid.as_str()))
         .find(|rs| rs.revision == Some(revision))
-        .map(|rs| rs.name.clone())
 }
 
 impl History {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use kube::runtime::watcher::Event;
 
 use crate::domain::history::{ReplicaSetView, RevisionView, resolve_replica_set, resolve_revision};
-use crate::domain::rollout::{Kind, WorkloadView};
+use crate::domain::rollout::WorkloadView;
 
 /// A view of an object that a workload controls: a ReplicaSet, a ControllerRevision.
 pub trait OwnedView {
@@ -152,14 +152,77 @@ impl<V: OwnedView> OwnedCache<V> {
     }
 }
 
+/// The Deployments that Rollouts run through `spec.workloadRef`: Argo Rollouts scales such a
+/// Deployment down and rolls out its template as the Rollout, so the Rollout reports the rollout
+/// and the Deployment reports nothing of its own.
+#[derive(Default)]
+pub struct WorkloadRefs {
+    /// Rollout UID -> `namespace/name` of the Deployment it references.
+    by_rollout: HashMap<String, String>,
+    /// `namespace/name` -> how many Rollouts reference it.
+    referenced: HashMap<String, usize>,
+}
+
+impl WorkloadRefs {
+    fn key(namespace: &str, name: &str) -> String {
+        format!("{namespace}/{name}")
+    }
+
+    /// Records what the Rollout `w` references now (None: nothing, or it is gone). Returns the
+    /// Deployments whose standing changed (`namespace/name`).
+    pub fn set(&mut self, rollout_uid: &str, w: Option<&WorkloadView>) -> Vec<String> {
+        let now = w.and_then(|w| {
+            let name = w.argo.as_deref()?.workload_ref.as_deref()?;
+            Some(Self::key(&w.namespace, name))
+        });
+        let before = match &now {
+            Some(k) => self.by_rollout.insert(rollout_uid.to_string(), k.clone()),
+            None => self.by_rollout.remove(rollout_uid),
+        };
+        if before == now {
+            return Vec::new();
+        }
+        let mut changed = Vec::new();
+        if let Some(b) = before {
+            if let Some(n) = self.referenced.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.referenced.remove(&b);
+                }
+            }
+            changed.push(b);
+        }
+        if let Some(k) = now {
+            *self.referenced.entry(k.clone()).or_default() += 1;
+            changed.push(k);
+        }
+        changed
+    }
+
+    /// Whether a Rollout runs this Deployment (`w` of another kind: never).
+    pub fn runs(&self, w: &WorkloadView) -> bool {
+        w.kind == crate::pipeline::Kind::Deployment
+            && self
+                .referenced
+                .contains_key(&Self::key(&w.namespace, &w.name))
+    }
+}
+
 /// Sets what the objects a workload owns tell of it (see [`Brain::with_revision`]).
 pub fn resolve_owned(
     w: &mut WorkloadView,
     replica_sets: &OwnedCache<ReplicaSetView>,
     revisions: &OwnedCache<RevisionView>,
 ) {
-    if w.kind == Kind::Deployment {
-        w.current_replica_set = resolve_replica_set(w, replica_sets.get(&w.uid));
+    if w.kind.has_replica_sets() {
+        let current = resolve_replica_set(w, replica_sets.get(&w.uid));
+        w.current_replica_set = current.map(|rs| rs.name.clone());
+        // A Rollout with `spec.workloadRef` has no template of its own: its ReplicaSet's images.
+        if w.argo.as_deref().is_some_and(|a| a.workload_ref.is_some())
+            && let Some(rs) = current
+        {
+            w.images = rs.images.clone();
+        }
     } else {
         w.controller_revision = resolve_revision(w, revisions.get(&w.uid));
     }
@@ -205,6 +268,47 @@ mod tests {
         assert_eq!(cache.get("w1").len(), 1);
         cache.apply(Event::Delete(rs("a", "w1")));
         assert!(cache.get("w1").is_empty());
+    }
+
+    #[test]
+    fn a_deployment_is_run_by_a_rollout_while_one_references_it() {
+        use crate::domain::argo::ArgoState;
+        use crate::pipeline::Kind;
+        let view = |kind, name: &str, reference: Option<&str>| {
+            let mut w = match kind {
+                Kind::Rollout => WorkloadView::from_rollout(&Default::default()),
+                _ => WorkloadView::from_deployment(&Default::default()),
+            };
+            w.namespace = "shop".into();
+            w.name = name.into();
+            if let Some(a) = w.argo.as_deref_mut() {
+                *a = ArgoState {
+                    workload_ref: reference.map(Into::into),
+                    ..ArgoState::default()
+                };
+            }
+            w
+        };
+        let web = view(Kind::Deployment, "web", None);
+        let mut refs = WorkloadRefs::default();
+        assert!(!refs.runs(&web));
+        let a = view(Kind::Rollout, "web-rollout", Some("web"));
+        assert_eq!(refs.set("a", Some(&a)), vec!["shop/web".to_string()]);
+        assert!(refs.runs(&web));
+        // Seen again unchanged: nothing to re-decide.
+        assert!(refs.set("a", Some(&a)).is_empty());
+        let b = view(Kind::Rollout, "web-too", Some("web"));
+        refs.set("b", Some(&b));
+        refs.set("a", None);
+        assert!(refs.runs(&web), "still referenced by b");
+        assert_eq!(
+            refs.set("b", Some(&view(Kind::Rollout, "web-too", None))),
+            vec!["shop/web".to_string()]
+        );
+        assert!(!refs.runs(&web));
+        // A Rollout is never taken for the Deployment it names.
+        refs.set("c", Some(&view(Kind::Rollout, "web", Some("web"))));
+        assert!(!refs.runs(&view(Kind::Rollout, "web", Some("web"))));
     }
 
     #[test]

@@ -3,6 +3,14 @@
 // Kubernetes.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY_ANNOTATION: &str = "deployment.kubernetes.io/revision-history";
+/// Argo Rollouts numbers a Rollout's revisions (on the Rollout and its ReplicaSets) the same way.
+pub const ARGO_REVISION_ANNOTATION: &str = "rollout.argoproj.io/revision";
+pub const ARGO_REVISION_HISTORY_ANNOTATION: &str = "rollout.argoproj.io/revision-history";
+/// On a Rollout with `spec.workloadRef`: the generation of the Deployment it last read.
+pub const ARGO_WORKLOAD_GENERATION: &str = "rollout.argoproj.io/workload-generation";
+/// Argo Rollouts' controller: it writes defaults (`resources: {}`) into the pod template of every
+/// new revision, a field manager of the template that never chose a change.
+pub const ARGO_ROLLOUTS_MANAGER: &str = "rollouts-controller";
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";

@@ -86,12 +86,7 @@ impl RolloutKey {
 
     pub fn parse(key: &str) -> Option<Self> {
         let mut parts = key.rsplitn(3, '.');
-        let outcome = match parts.next()? {
-            "Completed" => Outcome::Completed,
-            "Failed" => Outcome::Failed,
-            "RolledBack" => Outcome::RolledBack,
-            _ => return None,
-        };
+        let outcome = Outcome::parse(parts.next()?)?;
         let revision = parts.next()?.parse().ok()?;
         Some(RolloutKey {
             workload_uid: parts.next()?.to_string(),

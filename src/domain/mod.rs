@@ -3,6 +3,7 @@
 //! no clock (time comes in as a parameter). `tests/architecture.rs` holds every file here to that.
 
 pub mod alerts;
+pub mod argo;
 pub mod book;
 pub mod channel;
 pub mod context;

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::domain::context::{commit, image_changes, owners, template_context, tool_of_manager};
+use crate::domain::context::{
+    argo_details, commit, image_changes, owners, template_context, tool_of_manager,
+};
 use crate::domain::history::Rollout;
 use crate::domain::keys::{CHANGE_CAUSE_ANNOTATION, RECOMMENDED_LABEL_PREFIX};
 use crate::domain::pairs::Pairs;
@@ -31,6 +33,15 @@ pub fn summary(rollout: &Rollout, cluster: &str) -> String {
         }
         Outcome::RolledBack => {
             format!("Rolled back: {what} returned to {images} (revision {rev}){on}")
+        }
+        Outcome::Aborted => {
+            let why = w
+                .argo
+                .as_deref()
+                .and_then(|a| a.message.as_deref())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            format!("Rollout aborted: {what} did not roll out {images} (revision {rev}){on}{why}")
         }
     };
     truncate(&line, MAX_SUMMARY_CHARS)
@@ -143,6 +154,9 @@ fn details(rollout: &Rollout, cluster: &str) -> Map<String, Value> {
         "replicas".into(),
         json!({"desired": w.spec_replicas, "updated": w.updated_replicas, "ready": w.ready_replicas, "available": w.available_replicas}),
     );
+    if let Some(argo) = argo_details(rollout) {
+        d.insert("argoRollout".into(), argo);
+    }
     if let Some(secs) = rollout.duration_seconds() {
         d.insert("rolloutDurationSeconds".into(), json!(secs));
     }

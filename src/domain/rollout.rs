@@ -9,9 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::domain::argo::{self, ArgoState};
 use crate::domain::keys::{
-    ARGOCD_TRACKING_ID, CHANGE_CAUSE_ANNOTATION, COMMIT_KEYS, HELM_RELEASE_NAME,
-    HELM_RELEASE_NAMESPACE, IGNORE_ANNOTATION, OUR_PREFIX, REVISION_ANNOTATION,
+    ARGO_REVISION_ANNOTATION, ARGO_ROLLOUTS_MANAGER, ARGOCD_TRACKING_ID, CHANGE_CAUSE_ANNOTATION,
+    COMMIT_KEYS, HELM_RELEASE_NAME, HELM_RELEASE_NAMESPACE, IGNORE_ANNOTATION, OUR_PREFIX,
+    REVISION_ANNOTATION,
 };
 use crate::domain::pairs::Pairs;
 pub use crate::pipeline::Kind;
@@ -22,6 +24,7 @@ pub const MAX_ANNOTATION_CHARS: usize = 1024;
 /// `kubectl.kubernetes.io/last-applied-configuration`, which can hold secrets) is dropped at once.
 const KEPT_ANNOTATIONS: &[&str] = &[
     REVISION_ANNOTATION,
+    ARGO_REVISION_ANNOTATION,
     CHANGE_CAUSE_ANNOTATION,
     HELM_RELEASE_NAME,
     HELM_RELEASE_NAMESPACE,
@@ -34,6 +37,9 @@ pub enum Outcome {
     Completed,
     Failed,
     RolledBack,
+    /// Argo Rollouts: the rollout was aborted (`kubectl argo rollouts abort`, a failed analysis)
+    /// and went back to the stable ReplicaSet. Reported like a failure.
+    Aborted,
 }
 
 impl Outcome {
@@ -42,7 +48,24 @@ impl Outcome {
             Outcome::Completed => "Completed",
             Outcome::Failed => "Failed",
             Outcome::RolledBack => "RolledBack",
+            Outcome::Aborted => "Aborted",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Outcome::Completed,
+            Outcome::Failed,
+            Outcome::RolledBack,
+            Outcome::Aborted,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+
+    /// A rollout that did not bring its revision up: it opens an alert (`spec.alerts`).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Aborted)
     }
 }
 
@@ -57,6 +80,8 @@ pub enum Progress {
     Complete,
     /// Progressing=False with reason ProgressDeadlineExceeded.
     Failed,
+    /// Argo Rollouts: `status.abort`.
+    Aborted,
 }
 
 /// What is kept in memory of a watched Deployment: only what rollout detection, selection and the
@@ -111,6 +136,8 @@ pub struct WorkloadView {
     /// `spec.selector.matchLabels`, to find the workload's ReplicaSets.
     pub match_labels: Pairs,
     pub created_at: Option<Timestamp>,
+    /// Rollout (Argo Rollouts) only: its strategy, phase, pod hashes and pauses.
+    pub argo: Option<Box<ArgoState>>,
 }
 
 impl WorkloadView {
@@ -173,6 +200,49 @@ impl WorkloadView {
             update_revision: None,
             current_revision: None,
             controller_revision: None,
+            argo: None,
+        }
+    }
+
+    /// A Rollout of Argo Rollouts. With `spec.workloadRef` its template lives in the Deployment:
+    /// the images then come from the Rollout's current ReplicaSet ([`resolve_owned`]).
+    ///
+    /// [`resolve_owned`]: crate::domain::index::resolve_owned
+    pub fn from_rollout(r: &argo::Rollout) -> Self {
+        let spec = r.spec.as_ref();
+        let status = r.status.as_ref();
+        let progressing = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+        let generation = r.metadata.generation.unwrap_or(0);
+        WorkloadView {
+            observed_generation: status
+                .map(|s| argo::observed_generation(s, generation))
+                .unwrap_or(0),
+            paused: spec.and_then(|s| s.paused).unwrap_or(false),
+            spec_replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+            replicas: status.and_then(|s| s.replicas).unwrap_or(0),
+            updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
+            ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            progressing_reason: progressing.and_then(|c| c.reason.clone()),
+            progressing_updated: progressing
+                .and_then(|c| {
+                    c.last_update_time
+                        .as_ref()
+                        .or(c.last_transition_time.as_ref())
+                })
+                .map(|t| t.0),
+            progressing_replica_set: progressing
+                .and_then(|c| c.message.as_deref())
+                .and_then(named_replica_set),
+            argo: Some(Box::new(ArgoState::of(r))),
+            ..Self::base(
+                Kind::Rollout,
+                &r.metadata,
+                spec.and_then(|s| s.template.as_ref()),
+                spec.and_then(|s| s.selector.as_ref()),
+            )
         }
     }
 
@@ -276,6 +346,7 @@ impl WorkloadView {
     pub fn revision(&self) -> Option<u64> {
         match self.kind {
             Kind::Deployment => self.annotations.get(REVISION_ANNOTATION)?.parse().ok(),
+            Kind::Rollout => self.annotations.get(ARGO_REVISION_ANNOTATION)?.parse().ok(),
             Kind::StatefulSet | Kind::DaemonSet => self.controller_revision,
         }
     }
@@ -293,6 +364,43 @@ impl WorkloadView {
             Kind::Deployment => self.deployment_progress(),
             Kind::StatefulSet => self.stateful_set_progress(),
             Kind::DaemonSet => self.daemon_set_progress(),
+            Kind::Rollout => self.rollout_progress(),
+        }
+    }
+
+    /// Rollout: Argo Rollouts' `GetRolloutPhase` and `IsFullyPromoted`. An abort ends the
+    /// rollout (Argo keeps it aborted until a new revision or a retry); a pause step or a
+    /// blue-green promotion still to come does not.
+    fn rollout_progress(&self) -> Progress {
+        let Some(a) = self.argo.as_deref() else {
+            return Progress::InProgress;
+        };
+        if self.observed_generation < self.generation || a.unpausing || !a.workload_observed {
+            return Progress::InProgress;
+        }
+        // `kubectl argo rollouts abort` only sets `status.abort`; the rollout has ended once Argo
+        // has acted on it (scaled the canary away, phase Degraded, the reason in its message).
+        if a.abort {
+            return if a.phase.as_deref() == Some("Degraded") {
+                Progress::Aborted
+            } else {
+                Progress::InProgress
+            };
+        }
+        if self.progressing_reason.as_deref() == Some("ProgressDeadlineExceeded") {
+            return if self.deadline_is_current() {
+                Progress::Failed
+            } else {
+                Progress::InProgress
+            };
+        }
+        if a.paused {
+            return Progress::Paused;
+        }
+        if a.healthy() && a.fully_promoted() {
+            Progress::Complete
+        } else {
+            Progress::InProgress
         }
     }
 
@@ -380,14 +488,20 @@ impl WorkloadView {
         let outcome = match self.progress() {
             Progress::Complete => Outcome::Completed,
             Progress::Failed => Outcome::Failed,
+            Progress::Aborted => Outcome::Aborted,
             Progress::InProgress | Progress::Paused => return None,
         };
+        let aborted_at = self.argo.as_deref().and_then(|a| a.aborted_at);
         Some(Finished {
             revision,
             outcome,
             // The Deployment controller stamps the Progressing condition when the rollout completes
-            // or times out; ilert correlates by this time, not by when we happen to send.
-            finished_at: self.progressing_updated,
+            // or times out (Argo Rollouts likewise, and stamps an abort); ilert correlates by this
+            // time, not by when we happen to send.
+            finished_at: match outcome {
+                Outcome::Aborted => aborted_at.or(self.progressing_updated),
+                _ => self.progressing_updated,
+            },
         })
     }
 }
@@ -444,12 +558,14 @@ pub fn controller_uid(meta: &ObjectMeta) -> Option<String> {
 }
 
 /// The field manager that last changed `spec.template` and when, from managedFields: `kubectl`,
-/// `helm`, `argocd-controller`, ... Scale and status subresource writes do not count.
+/// `helm`, `argocd-controller`, ... Scale and status subresource writes do not count, nor do
+/// Argo Rollouts' defaults written into a Rollout's template.
 fn template_change(entries: Option<&[ManagedFieldsEntry]>) -> (Option<String>, Option<Timestamp>) {
     entries
         .into_iter()
         .flatten()
         .filter(|e| e.subresource.as_deref().unwrap_or("").is_empty())
+        .filter(|e| e.manager.as_deref() != Some(ARGO_ROLLOUTS_MANAGER))
         .filter(|e| {
             e.fields_v1
                 .as_ref()

@@ -23,8 +23,69 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::Resource;
+
+use crate::domain::argo;
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny};
+
+/// Argo Rollouts' Rollout, a kind of its own (no k8s-openapi type): argoproj.io/v1alpha1.
+impl Resource for argo::Rollout {
+    type DynamicType = ();
+    type Scope = kube::core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        argo::KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        argo::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        argo::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        argo::PLURAL.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl LeanShape for argo::Rollout {
+    fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shape {
+            metadata: LeanMeta,
+            spec: Option<Spec>,
+            status: Option<argo::RolloutStatus>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Spec {
+            replicas: Option<i32>,
+            paused: Option<bool>,
+            selector: Option<LabelSelector>,
+            template: Option<LeanTemplate>,
+            workload_ref: Option<argo::WorkloadRef>,
+            strategy: Option<argo::Strategy>,
+        }
+        let s = Shape::deserialize(d)?;
+        Ok(argo::Rollout {
+            metadata: s.metadata.into(),
+            spec: s.spec.map(|spec| argo::RolloutSpec {
+                replicas: spec.replicas,
+                paused: spec.paused,
+                selector: spec.selector,
+                template: spec.template.map(Into::into),
+                workload_ref: spec.workload_ref,
+                strategy: spec.strategy,
+            }),
+            status: s.status,
+        })
+    }
+}
 
 /// An object of kind `K` as the watch delivers it, read by [`LeanShape`].
 #[derive(Clone, Debug)]
@@ -319,7 +380,7 @@ mod tests {
     /// Every fixture captured from the cluster gives the same view read lean as read whole.
     #[test]
     fn lean_objects_give_the_views_whole_objects_give() {
-        let (mut seen, mut managers) = (0, 0);
+        let (mut seen, mut managers, mut rollouts) = (0, 0, 0);
         for entry in
             std::fs::read_dir(format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"))).unwrap()
         {
@@ -362,12 +423,18 @@ mod tests {
                     "ControllerRevision" => {
                         same_view(&s, &name, RevisionView::from_controller_revision);
                     }
+                    "Rollout" => {
+                        let view = same_view(&s, &name, WorkloadView::from_rollout);
+                        managers += usize::from(view.template_manager.is_some());
+                        rollouts += 1;
+                    }
                     _ => continue,
                 }
                 seen += 1;
             }
         }
         assert!(seen >= 10, "only {seen} captured objects compared");
+        assert!(rollouts >= 5, "only {rollouts} Rollouts compared");
         assert!(
             managers >= 5,
             "only {managers} Deployments name who changed the template"

@@ -32,6 +32,8 @@ pub struct Config {
     pub retry_cap: Duration,
     /// Time-out of one request to ilert.
     pub ilert_timeout: Duration,
+    /// How often discovery is asked whether an optional kind (Argo Rollouts) is served.
+    pub discovery_interval: Duration,
     /// The Lease of leader election in `namespace`; None: no election, always leading.
     pub lease: Option<String>,
     /// How much delivery state one pipeline may keep in ConfigMaps.

@@ -1,4 +1,4 @@
-//! The seven watches and what comes out of them: each object projected to its compact view
+//! The eight watches (Rollouts only while Argo Rollouts' CRD is installed) and what comes out of them: each object projected to its compact view
 //! as it arrives, retried with the controller's backoff.
 
 use std::time::Duration;
@@ -8,6 +8,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
+use tracing::{info, warn};
 
 use crate::domain::history::{ReplicaSetView, RevisionView};
 use crate::domain::pacing::backoff;
@@ -36,16 +37,18 @@ pub(crate) enum Watch {
     StatefulSets,
     DaemonSets,
     Revisions,
+    Rollouts,
 }
 
 impl Watch {
-    pub(crate) const COUNT: usize = 7;
+    pub(crate) const COUNT: usize = 8;
 
     pub(crate) fn of(kind: Kind) -> Self {
         match kind {
             Kind::Deployment => Watch::Deployments,
             Kind::StatefulSet => Watch::StatefulSets,
             Kind::DaemonSet => Watch::DaemonSets,
+            Kind::Rollout => Watch::Rollouts,
         }
     }
 }
@@ -94,4 +97,102 @@ where
     K::DynamicType: Default,
 {
     kube::runtime::watcher(Api::all(client.clone()), cfg).backoff(WatchBackoff::default())
+}
+
+/// Whether the API server serves resource `plural` of `api_version` (discovery; no RBAC needed).
+async fn served(client: &Client, api_version: &str, plural: &str) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A cluster-wide watch of a kind that may not be installed (a CRD such as Argo Rollouts'):
+/// discovery is asked every `every`. While the kind is not served the watch stands as a complete,
+/// empty list, so readiness does not wait for it and nothing retries in a loop; once it is
+/// served the watch starts, and should it go away again the list empties. No restart needed.
+pub(crate) fn watch_optional<K>(
+    client: &Client,
+    cfg: watcher::Config,
+    every: Duration,
+) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let (tx, rx) = futures::channel::mpsc::channel(64);
+    tokio::spawn(follow_optional::<K>(client.clone(), cfg, every, tx));
+    rx
+}
+
+async fn follow_optional<K>(
+    client: Client,
+    cfg: watcher::Config,
+    every: Duration,
+    mut tx: futures::channel::mpsc::Sender<Result<Event<K>, watcher::Error>>,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    use futures::{SinkExt, StreamExt};
+    let (api_version, plural) = (K::api_version(&()), K::plural(&()));
+    let kind = K::kind(&());
+    let mut absent_listed = false;
+    let mut attempt = 0;
+    loop {
+        match served(&client, &api_version, &plural).await {
+            Err(e) => {
+                // Not known yet: the watch stays unlisted (and the controller unready) only at
+                // start; afterwards the last answer holds.
+                attempt += 1;
+                warn!(error = %e, kind = %kind, "cannot ask discovery whether the kind is served; retrying");
+                tokio::time::sleep(backoff(attempt, every, jitter())).await;
+                continue;
+            }
+            Ok(false) => {
+                attempt = 0;
+                if !absent_listed {
+                    info!(kind = %kind, api_version = %api_version, every_seconds = every.as_secs(), "kind not served (CRD not installed): not watched; discovery asks again periodically");
+                    for ev in [Event::Init, Event::InitDone] {
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                    absent_listed = true;
+                }
+                tokio::time::sleep(every).await;
+            }
+            Ok(true) => {
+                attempt = 0;
+                absent_listed = false;
+                info!(kind = %kind, api_version = %api_version, "kind served: watching it");
+                let mut events = watch_all::<K>(&client, cfg.clone()).boxed();
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        ev = events.next() => match ev {
+                            Some(ev) => if tx.send(ev).await.is_err() { return; },
+                            None => break,
+                        },
+                        _ = tick.tick() => {
+                            if let Ok(false) = served(&client, &api_version, &plural).await {
+                                info!(kind = %kind, "kind no longer served (CRD removed): watch stopped");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

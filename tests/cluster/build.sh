@@ -139,6 +139,45 @@ build_kubewatch() {
   log "kubewatch $KUBEWATCH_COMMIT: done"
 }
 
+# Argo Rollouts' controller, run out of cluster against the local control plane by the e2e tests,
+# and the CRDs from its module's manifests/crds/. Its go.mod pins the k8s.io/* modules by
+# replace directives, which only a main module's go.mod applies: they are carried over. Its
+# go.mod asks for a newer Go than this machine's, so the go command fetches the approved
+# toolchain from the module proxy for this build alone.
+build_argo_rollouts() {
+  local out; out="$(bin_dir argo-rollouts "$ARGO_ROLLOUTS_VERSION")"
+  if [[ -x "$out/rollouts-controller" && -d "$out/../crds" ]]; then
+    log "argo-rollouts $ARGO_ROLLOUTS_VERSION: cached in $out"; return
+  fi
+  log "argo-rollouts $ARGO_ROLLOUTS_VERSION: building rollouts-controller"
+  local src="$cache_root/src/argo-rollouts-$ARGO_ROLLOUTS_VERSION"
+  local module=github.com/argoproj/argo-rollouts pkg=github.com/argoproj/argo-rollouts/cmd/rollouts-controller
+  (
+    export GOTOOLCHAIN="$ARGO_ROLLOUTS_GOTOOLCHAIN"
+    prepare_module "$src" "$module" "$ARGO_ROLLOUTS_VERSION" "$pkg"
+    cd "$src"
+    local upstream_mod
+    upstream_mod="$(go mod download -json "$module@$ARGO_ROLLOUTS_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')"
+    [[ -f "$upstream_mod" ]] || { log "cannot find go.mod of $module@$ARGO_ROLLOUTS_VERSION"; exit 1; }
+    local n=0
+    while read -r from to; do
+      go mod edit -replace="$from=$to"
+      n=$((n + 1))
+    done < <(awk '/^replace \(/{r=1; next} r && /^\)/{r=0} r && NF==4 && $2=="=>" {print $1, $3 "@" $4}' "$upstream_mod")
+    log "argo-rollouts: $n replace directives carried over"
+    go mod tidy >/dev/null
+    go build -ldflags "-s -w -X $module/utils/version.version=${ARGO_ROLLOUTS_VERSION#v}" -o "$out.tmp/rollouts-controller" "$pkg"
+    local dir; dir="$(go list -m -f '{{.Dir}}' "$module")"
+    mkdir -p "$out.tmp/crds"
+    cp "$dir"/manifests/crds/*-crd.yaml "$out.tmp/crds/"
+    chmod u+w "$out.tmp/crds"/*.yaml
+  )
+  mkdir -p "$out" "$out/../crds"
+  mv "$out.tmp/rollouts-controller" "$out/"
+  rm -rf "$out/../crds"; mv "$out.tmp/crds" "$out/../crds"; rmdir "$out.tmp"
+  log "argo-rollouts $ARGO_ROLLOUTS_VERSION: done"
+}
+
 main() {
   mkdir -p "$cache_root"
   local start=$SECONDS
@@ -155,12 +194,14 @@ main() {
   build_simple actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint \
     github.com/rhysd/actionlint/cmd/actionlint actionlint \
     "-s -w -X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
+  build_argo_rollouts
   log "all binaries ready in $cache_root ($((SECONDS - start)) s)"
 }
 
 case "${1:-build}" in
   build) main ;;
   peers) build_kubewatch ;;
+  argo-rollouts) build_argo_rollouts ;;
   print-bin-dirs)
     echo "ETCD_BIN=$(bin_dir etcd "$ETCD_VERSION")"
     echo "K8S_BIN=$(bin_dir kubernetes "$K8S_VERSION")"
@@ -169,7 +210,9 @@ case "${1:-build}" in
     echo "HELM_BIN=$(bin_dir helm "$HELM_VERSION")"
     echo "PROMTOOL_BIN=$(bin_dir promtool "$PROMTOOL_VERSION")"
     echo "ACTIONLINT_BIN=$(bin_dir actionlint "$ACTIONLINT_VERSION")"
+    echo "ARGO_ROLLOUTS_BIN=$(bin_dir argo-rollouts "$ARGO_ROLLOUTS_VERSION")"
+    echo "ARGO_ROLLOUTS_CRDS=$(bin_dir argo-rollouts "$ARGO_ROLLOUTS_VERSION")/../crds"
     echo "KUBEWATCH_BIN=$(bin_dir kubewatch "$KUBEWATCH_COMMIT")"
     ;;
-  *) echo "usage: $0 [build|peers|print-bin-dirs]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|peers|argo-rollouts|print-bin-dirs]" >&2; exit 2 ;;
 esac

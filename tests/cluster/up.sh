@@ -19,7 +19,8 @@ fi
 
 eval "$("$here/build.sh" print-bin-dirs)"
 for b in "$ETCD_BIN/etcd" "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-controller-manager" \
-         "$K8S_BIN/kube-scheduler" "$K8S_BIN/kubectl" "$KWOK_BIN/kwok" "$HELM_BIN/helm" "$KWOK_STAGES"; do
+         "$K8S_BIN/kube-scheduler" "$K8S_BIN/kubectl" "$KWOK_BIN/kwok" "$HELM_BIN/helm" "$KWOK_STAGES" \
+         "$ARGO_ROLLOUTS_BIN/rollouts-controller" "$ARGO_ROLLOUTS_CRDS/rollout-crd.yaml"; do
   [[ -e "$b" ]] || { log "missing $b: run tests/cluster/build.sh (make cluster-build) first"; exit 1; }
 done
 
@@ -30,6 +31,10 @@ rm -f "$out"/logs/*.log
 echo "$state" > "$out/state-dir"
 ln -sfn "$K8S_BIN/kubectl" "$out/bin/kubectl"
 ln -sfn "$HELM_BIN/helm" "$out/bin/helm"
+# Argo Rollouts' controller and CRDs, for the tests that install it (not installed here: the
+# controller must also work on a cluster without them).
+ln -sfn "$ARGO_ROLLOUTS_BIN/rollouts-controller" "$out/bin/rollouts-controller"
+ln -sfn "$ARGO_ROLLOUTS_CRDS" "$out/argo-rollouts-crds"
 
 cleanup_on_error() { log "start-up failed; logs in $out/logs"; "$here/down.sh" || true; }
 trap cleanup_on_error ERR

@@ -214,6 +214,20 @@ async fn the_chart_identity_is_read_only_towards_workloads() {
             );
         }
     }
+    // Argo Rollouts: its Rollouts are read, never changed (no promote, abort or undo), and
+    // nothing else of its group is read.
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            !allowed(&client, verb, "argoproj.io", "rollouts", other).await,
+            "may {verb} rollouts"
+        );
+    }
+    for resource in ["analysisruns", "experiments", "applications"] {
+        assert!(
+            !allowed(&client, "list", "argoproj.io", resource, other).await,
+            "may list argoproj.io {resource}"
+        );
+    }
     for verb in ["list", "watch", "create", "update", "patch", "delete"] {
         assert!(
             !allowed(&client, verb, "", "secrets", other).await,
@@ -234,6 +248,7 @@ async fn the_chart_identity_is_read_only_towards_workloads() {
     );
     // What it needs, and no more.
     assert!(allowed(&client, "watch", "apps", "deployments", other).await);
+    assert!(allowed(&client, "watch", "argoproj.io", "rollouts", other).await);
     assert!(allowed(&client, "get", "", "secrets", other).await);
     assert!(
         allowed(

@@ -2,6 +2,9 @@
 //! Each test has its own namespace and its own controller process, so they run in parallel.
 
 mod alerts;
+mod argo;
+#[allow(dead_code)]
+mod argo_rollouts;
 mod bad_input;
 mod chart;
 mod cluster;

@@ -105,7 +105,7 @@ fn a_deadline_carried_over_from_an_earlier_revision_decides_nothing() {
     };
     let sets = [rs("stuck-56cd8db9bf", 2), rs("stuck-7f9c6b5d4", 3)];
     assert_eq!(
-        resolve_replica_set(&rolled_back, &sets).as_deref(),
+        resolve_replica_set(&rolled_back, &sets).map(|rs| &*rs.name),
         Some("stuck-7f9c6b5d4")
     );
 }
@@ -332,4 +332,114 @@ fn going_back_to_an_earlier_template_is_a_rollback() {
     assert_eq!(history.previous_revision, Some(2));
     let rollout = Rollout::new(&sts, done, history, Timestamp::now());
     assert_eq!(rollout.outcome, Outcome::RolledBack);
+}
+
+/// A Rollout's view as the controller keeps it: with its ReplicaSets (from `replica_sets`, a
+/// fixture of them) resolved.
+fn rollout_view(name: &str, replica_sets: Option<&str>) -> WorkloadView {
+    let mut w = WorkloadView::from_rollout(&fixture::<crate::domain::argo::Rollout>(name));
+    if let Some(list) = replica_sets {
+        let views: Vec<ReplicaSetView> = self::replica_sets(list)
+            .iter()
+            .map(ReplicaSetView::from_replica_set)
+            .collect();
+        w.current_replica_set = resolve_replica_set(&w, &views).map(|rs| rs.name.clone());
+    }
+    w
+}
+
+/// Argo Rollouts' own rule, over Rollouts its real controller wrote: a pause step is not an end,
+/// an abort is one only once Argo has acted on it.
+#[test]
+fn rollout_progress_follows_argo_rollouts() {
+    let table = [
+        ("rollout-canary-complete.json", Progress::Complete),
+        ("rollout-canary-paused.json", Progress::Paused),
+        ("rollout-canary-rev2-complete.json", Progress::Complete),
+        ("rollout-abort-requested.json", Progress::InProgress),
+        ("rollout-aborted.json", Progress::Aborted),
+        ("rollout-rolledback.json", Progress::Complete),
+        ("rollout-bluegreen-complete.json", Progress::Complete),
+    ];
+    for (file, want) in table {
+        assert_eq!(rollout_view(file, None).progress(), want, "{file}");
+    }
+}
+
+#[test]
+fn a_rollout_finishes_with_its_argo_revision_and_the_time_argo_gives() {
+    let done = rollout_view("rollout-canary-rev2-complete.json", None)
+        .finished()
+        .expect("complete");
+    assert_eq!((done.revision, done.outcome), (2, Outcome::Completed));
+    assert!(done.finished_at.is_some());
+    let r: crate::domain::argo::Rollout = fixture("rollout-aborted.json");
+    let aborted = WorkloadView::from_rollout(&r).finished().expect("aborted");
+    assert_eq!((aborted.revision, aborted.outcome), (3, Outcome::Aborted));
+    let aborted_at = r.status.unwrap().aborted_at.expect("abortedAt").0;
+    assert_eq!(aborted.finished_at, Some(aborted_at));
+    assert!(
+        rollout_view("rollout-canary-paused.json", None)
+            .finished()
+            .is_none()
+    );
+}
+
+#[test]
+fn a_rollout_view_keeps_strategy_steps_and_who_changed_the_template() {
+    let w = rollout_view("rollout-canary-rev2-complete.json", None);
+    let a = w.argo.as_deref().unwrap();
+    assert_eq!(a.strategy, Some(crate::domain::argo::StrategyKind::Canary));
+    assert_eq!(a.steps_line().as_deref(), Some("3/3"));
+    assert_eq!(w.images.get("app"), Some("nginx:1.26"));
+    // Argo's controller writes `resources: {}` into each new template: not a change of its own.
+    assert_eq!(w.template_manager.as_deref(), Some("helm"));
+    let bg = rollout_view("rollout-bluegreen-complete.json", None);
+    let a = bg.argo.as_deref().unwrap();
+    assert_eq!(
+        a.strategy,
+        Some(crate::domain::argo::StrategyKind::BlueGreen)
+    );
+    assert_eq!(a.steps_line(), None);
+    let aborted = rollout_view("rollout-aborted.json", None);
+    assert!(
+        aborted
+            .argo
+            .as_deref()
+            .and_then(|a| a.message.as_deref())
+            .is_some_and(|m| m.starts_with("RolloutAborted")),
+        "{:?}",
+        aborted.argo
+    );
+}
+
+/// An undo re-uses an older ReplicaSet, which Argo gives a new revision and a revision history.
+#[test]
+fn an_undone_rollout_is_a_rollback_from_its_replica_sets() {
+    let w = rollout_view(
+        "rollout-rolledback.json",
+        Some("replicasets-rollout-rolledback.json"),
+    );
+    assert!(
+        w.current_replica_set.is_some(),
+        "current ReplicaSet resolved"
+    );
+    let finished = w.finished().expect("complete");
+    assert_eq!(finished.revision, 4);
+    let rs = replica_sets("replicasets-rollout-rolledback.json");
+    let history = History::from_replica_sets(&w, 4, &rs);
+    assert!(history.rolled_back, "{history:?}");
+    assert_eq!(history.rolled_back_from, vec![1]);
+    assert_eq!(history.previous_revision, Some(3));
+    assert_eq!(history.previous_images.get("app"), Some("nginx:1.27-bad"));
+    let rollout = Rollout::new(&w, finished, history, Timestamp::now());
+    assert_eq!(rollout.outcome, Outcome::RolledBack);
+    // A plain new revision is not.
+    let w2 = rollout_view(
+        "rollout-canary-rev2-complete.json",
+        Some("replicasets-rollout-rev2.json"),
+    );
+    let h2 = History::from_replica_sets(&w2, 2, &replica_sets("replicasets-rollout-rev2.json"));
+    assert!(!h2.rolled_back);
+    assert_eq!(h2.previous_images.get("app"), Some("nginx:1.25"));
 }

@@ -23,8 +23,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
+use crate::domain::argo;
 use crate::domain::history::{ReplicaSetView, RevisionView};
-use crate::domain::index::{Applied, OwnedCache, Relist, Step, resolve_owned};
+use crate::domain::index::{Applied, OwnedCache, Relist, Step, WorkloadRefs, resolve_owned};
 use crate::domain::keys::CONTROLLER_NAME;
 use crate::domain::pacing::backoff;
 use crate::domain::rollout::{Kind, WorkloadView};
@@ -35,7 +36,7 @@ use crate::shell::ilert::IlertClient;
 use crate::shell::lean::Lean;
 use crate::shell::ledger_store::Ledger;
 use crate::shell::shared::{Config, Readiness, Shared, jitter, lock};
-use crate::shell::watch::{Input, Watch, project, watch_all};
+use crate::shell::watch::{Input, Watch, project, watch_all, watch_optional};
 
 /// The decision loop's state: compact workload views, namespace labels, pipelines.
 pub(crate) struct Brain {
@@ -49,6 +50,8 @@ pub(crate) struct Brain {
     pub(crate) relist_pipelines: Relist<HashSet<String>>,
     pub(crate) replica_sets: OwnedCache<ReplicaSetView>,
     pub(crate) revisions: OwnedCache<RevisionView>,
+    /// Deployments that Rollouts run (`spec.workloadRef`): reported as the Rollout.
+    pub(crate) workload_refs: WorkloadRefs,
     pub(crate) synced: [bool; Watch::COUNT],
     pub(crate) readiness: Readiness,
     /// Only the lease holder sends and writes; every replica watches, so failover is instant.
@@ -139,6 +142,14 @@ pub async fn run(
             project(ev, |d| WorkloadView::from_daemon_set(&d.0)),
         )
     });
+    // Argo Rollouts: watched while its CRD is installed (discovery asks periodically).
+    let rollouts = watch_optional::<Lean<argo::Rollout>>(&client, paged(), cfg.discovery_interval)
+        .map_ok(|ev| {
+            Input::Workload(
+                Kind::Rollout,
+                project(ev, |r| WorkloadView::from_rollout(&r.0)),
+            )
+        });
     let revisions = watch_all::<Lean<ControllerRevision>>(&client, paged()).map_ok(|ev| {
         Input::Revision(project(ev, |r| {
             RevisionView::from_controller_revision(&r.0)
@@ -154,6 +165,7 @@ pub async fn run(
         deployments.boxed(),
         stateful_sets.boxed(),
         daemon_sets.boxed(),
+        rollouts.boxed(),
         pipelines.boxed(),
         namespaces.boxed(),
         replica_sets.boxed(),
@@ -170,6 +182,7 @@ pub async fn run(
         relist_pipelines: Relist::default(),
         replica_sets: OwnedCache::default(),
         revisions: OwnedCache::default(),
+        workload_refs: WorkloadRefs::default(),
         synced: [false; Watch::COUNT],
         readiness,
         leading: false,
@@ -359,6 +372,21 @@ impl Brain {
                     .collect();
                 self.workloads.retain(|_, w| w.kind != kind);
                 self.workloads.extend(fresh);
+                if kind == Kind::Rollout {
+                    let rollouts: Vec<String> = gone
+                        .iter()
+                        .cloned()
+                        .chain(
+                            self.workloads
+                                .values()
+                                .filter(|w| w.kind == Kind::Rollout)
+                                .map(|w| w.uid.clone()),
+                        )
+                        .collect();
+                    for uid in rollouts {
+                        self.workload_refs.set(&uid, self.workloads.get(&uid));
+                    }
+                }
                 for uid in gone {
                     for p in self.pipelines.values_mut() {
                         p.selected.remove(&uid);
@@ -374,6 +402,9 @@ impl Brain {
                 if self.all_synced() {
                     self.evaluate_workload(&uid, "workload");
                 }
+                if kind == Kind::Rollout {
+                    self.workload_ref_changed(&uid);
+                }
             }
             Step::Deleted(view) => {
                 let view = self.with_revision(view);
@@ -384,6 +415,9 @@ impl Brain {
                     self.evaluate_workload(&uid, "workload");
                 }
                 self.workloads.remove(&uid);
+                if kind == Kind::Rollout {
+                    self.workload_ref_changed(&uid);
+                }
                 for p in self.pipelines.values_mut() {
                     if p.selected.remove(&uid) {
                         let mut s = lock(&p.stats);
@@ -402,6 +436,29 @@ impl Brain {
                     }
                 }
             }
+        }
+    }
+
+    /// A Rollout changed or went: the Deployment its `spec.workloadRef` names (before or now) is
+    /// decided again, so that it leaves (or rejoins) the pipelines' selection at once.
+    fn workload_ref_changed(&mut self, rollout_uid: &str) {
+        let changed = self
+            .workload_refs
+            .set(rollout_uid, self.workloads.get(rollout_uid));
+        if changed.is_empty() || !self.all_synced() {
+            return;
+        }
+        let uids: Vec<String> = self
+            .workloads
+            .values()
+            .filter(|w| {
+                w.kind == Kind::Deployment
+                    && changed.contains(&format!("{}/{}", w.namespace, w.name))
+            })
+            .map(|w| w.uid.clone())
+            .collect();
+        for uid in uids {
+            self.evaluate_workload(&uid, "workload");
         }
     }
 

@@ -17,7 +17,7 @@ use crate::domain::decide;
 use crate::domain::history::History;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::payload::DeploymentEvent;
-use crate::domain::rollout::{Finished, Kind, Outcome, WorkloadView};
+use crate::domain::rollout::{Finished, Outcome, WorkloadView};
 use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
 use crate::shell::brain::Brain;
@@ -75,10 +75,11 @@ impl Brain {
         let Some(h) = self.pipelines.get_mut(pipeline_uid) else {
             return;
         };
-        let selected = h
-            .selection
-            .as_ref()
-            .is_some_and(|sel| sel.selects(w, &h.namespace, &self.namespaces));
+        // A Deployment a Rollout runs (`spec.workloadRef`) rolls out as that Rollout.
+        let selected = !self.workload_refs.runs(w)
+            && h.selection
+                .as_ref()
+                .is_some_and(|sel| sel.selects(w, &h.namespace, &self.namespaces));
         if !selected {
             h.selected.remove(workload_uid);
             return;
@@ -137,7 +138,7 @@ impl Brain {
             outbox: report.then(|| h.outbox.clone()),
             alert: alert.map(|(action, priority)| (action, priority, h.alert_outbox.clone())),
         };
-        if w.kind != Kind::Deployment {
+        if !w.kind.has_replica_sets() {
             let history =
                 History::from_revisions(w, finished.revision, self.revisions.get(workload_uid));
             plan.queue(w, history);

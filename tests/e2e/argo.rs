@@ -1,0 +1,288 @@
+//! Argo Rollouts: every finished Rollout reported once, like a Deployment, against the real
+//! Argo Rollouts controller (built from its Go module, run in the test's namespace). Canary steps
+//! and pauses are not ends; a promotion continues the same rollout; an abort is reported like a
+//! failure (and pages with `spec.alerts`); an undo is a rollback; a Rollout that runs a
+//! Deployment through `spec.workloadRef` reports as the Rollout only.
+
+use crate::argo_rollouts::*;
+use crate::*;
+
+/// The controller asks discovery every second, so the Rollout watch starts promptly once a test
+/// has installed the CRDs.
+const ARGS: &[&str] = &["--discovery-interval-seconds", "1"];
+
+async fn world(
+    prefix: &str,
+    spec: Option<Value>,
+) -> (World, ArgoRollouts, Api<kube::api::DynamicObject>) {
+    let w = World::new(prefix, true, spec, ARGS).await;
+    let argo = ArgoRollouts::start(&w.client, &w.ns.name).await;
+    let api = rollouts(&w.client, &w.ns.name);
+    (w, argo, api)
+}
+
+fn details(e: &Value) -> &Value {
+    &e["customDetails"]
+}
+
+#[tokio::test]
+async fn a_canary_is_reported_once_after_its_last_step_and_an_undo_as_a_rollback() {
+    let (mut w, argo, api) = world("argo-canary", None).await;
+    let ns = w.ns.name.clone();
+    apply(
+        &api,
+        "web",
+        &rollout("web", "nginx:1.25", 2, canary_steps()),
+    )
+    .await;
+    wait_healthy(&api, "web", "1").await;
+    let first = w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    assert_eq!(
+        first[0]["summary"],
+        format!("Rollout {ns}/web rolled out nginx:1.25 (revision 1) on e2e").as_str(),
+        "{:#}",
+        first[0]
+    );
+    assert_eq!(details(&first[0])["kind"], "Rollout");
+    assert_eq!(details(&first[0])["outcome"], "Completed");
+
+    // Revision 2 goes through setWeight 50, a pause and setWeight 100. A kill -9 of the
+    // controller while it runs: the rollout is still reported once, after its last step.
+    let mut steps = canary_steps();
+    steps["canary"]["steps"][1]["pause"]["duration"] = json!("6s");
+    apply(&api, "web", &rollout("web", "nginx:1.26", 2, steps)).await;
+    wait_status(&api, "web", "phase", json!("Paused")).await;
+    assert_eq!(w.ilert.accepted_count(), 1, "an event for a canary step");
+    w.controller.kill();
+    w.controller.restart();
+    w.controller.wait_ready().await;
+    let r = wait_healthy(&api, "web", "2").await;
+    let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
+    let e = &events[1];
+    eprintln!("Rollout event as ilert received it: {e:#}");
+    assert_eq!(
+        e["summary"],
+        format!("Rollout {ns}/web rolled out nginx:1.26 (revision 2) on e2e").as_str()
+    );
+    let d = details(e);
+    assert_eq!(d["revision"], "2");
+    assert_eq!(d["previousRevision"], "1");
+    assert_eq!(d["argoRollout"]["strategy"], "canary", "{d}");
+    assert_eq!(d["argoRollout"]["steps"], "3/3", "{d}");
+    // Who changed the template: the tests' apply, not Argo's defaults written after it.
+    assert_eq!(d["changedBy"], "e2e-tests", "{d}");
+    assert_eq!(
+        d["imageChanges"],
+        json!([{"container": "app", "from": "nginx:1.25", "to": "nginx:1.26"}])
+    );
+    // ilert correlates by when Argo says it finished, not by when the controller sent it.
+    let progressing = r.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap();
+    let finished: jiff::Timestamp = progressing["lastUpdateTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(e["timestamp"].as_i64(), Some(finished.as_millisecond()));
+    assert_no_more_than(&w.ilert, 2, Duration::from_secs(3)).await;
+
+    // An undo (what `kubectl argo rollouts undo` writes: the template of revision 1 again) is a
+    // new revision that re-uses revision 1's ReplicaSet: RolledBack.
+    apply(
+        &api,
+        "web",
+        &rollout("web", "nginx:1.25", 2, canary_steps()),
+    )
+    .await;
+    wait_healthy(&api, "web", "3").await;
+    let events = w.ilert.wait_accepted(3, EVENT_WAIT).await;
+    let e = &events[2];
+    assert_eq!(details(e)["outcome"], "RolledBack", "{e:#}");
+    assert_eq!(details(e)["rolledBackToRevisionsOf"], json!(["1"]), "{e:#}");
+    assert!(
+        e["summary"].as_str().unwrap().starts_with(&format!(
+            "Rolled back: Rollout {ns}/web returned to nginx:1.25"
+        )),
+        "{e:#}"
+    );
+
+    // Restart-safe: nothing again.
+    w.controller.graceful_restart().await;
+    w.controller.wait_ready().await;
+    assert_no_more_than(&w.ilert, 3, Duration::from_secs(4)).await;
+    w.ilert.assert_schema_valid();
+    w.assert_key_never_leaked().await;
+    drop(argo);
+}
+
+#[tokio::test]
+async fn a_blue_green_rollout_with_auto_promotion_is_one_event() {
+    let (w, _argo, api) = world("argo-bluegreen", None).await;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(w.client.clone(), &w.ns.name);
+    apply(&services, "web-active", &service("web-active", "web")).await;
+    apply(
+        &api,
+        "web",
+        &rollout("web", "nginx:1.25", 2, blue_green("web-active")),
+    )
+    .await;
+    wait_healthy(&api, "web", "1").await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    apply(
+        &api,
+        "web",
+        &rollout("web", "nginx:1.26", 2, blue_green("web-active")),
+    )
+    .await;
+    wait_healthy(&api, "web", "2").await;
+    let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
+    let d = details(&events[1]);
+    assert_eq!(d["outcome"], "Completed", "{d}");
+    assert_eq!(d["revision"], "2", "{d}");
+    assert_eq!(d["argoRollout"]["strategy"], "blueGreen", "{d}");
+    assert_eq!(d["images"], json!({"app": "nginx:1.26"}), "{d}");
+    // The old ReplicaSet stays up for Argo's scale-down delay: no event for that either.
+    assert_no_more_than(&w.ilert, 2, Duration::from_secs(5)).await;
+    w.ilert.assert_schema_valid();
+}
+
+const ALERT_SECRET: &str = "ilert-alerts";
+
+#[tokio::test]
+async fn an_aborted_canary_is_reported_and_pages_and_the_fixed_revision_resolves() {
+    let spec = json!({
+        "integrationKeySecretRef": {"name": "ilert"},
+        "alerts": {"alertSourceKeySecretRef": {"name": ALERT_SECRET}}
+    });
+    let (w, _argo, api) = world("argo-abort", Some(spec)).await;
+    create_secret(
+        &w.client,
+        &w.ns.name,
+        ALERT_SECRET,
+        "integrationKey",
+        "il1api-argo",
+    )
+    .await;
+    let ns = w.ns.name.clone();
+    // Paused after half, until promoted or aborted.
+    let held = json!({"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}});
+    apply(&api, "web", &rollout("web", "nginx:1.25", 2, held.clone())).await;
+    wait_healthy(&api, "web", "1").await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+
+    apply(
+        &api,
+        "web",
+        &rollout("web", "nginx:1.26-bad", 2, held.clone()),
+    )
+    .await;
+    wait_status(&api, "web", "phase", json!("Paused")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.ilert.accepted_count(), 1, "an event for a pause");
+    abort(&api, "web").await;
+    wait_status(&api, "web", "phase", json!("Degraded")).await;
+    let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
+    let e = &events[1];
+    eprintln!("Aborted Rollout as ilert received it: {e:#}");
+    assert_eq!(details(e)["outcome"], "Aborted", "{e:#}");
+    assert_eq!(details(e)["revision"], "2", "{e:#}");
+    let summary = e["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!(
+            "Rollout aborted: Rollout {ns}/web did not roll out nginx:1.26-bad (revision 2) on e2e: RolloutAborted"
+        )),
+        "{summary}"
+    );
+    let alerts = w.ilert.wait_alerts_accepted(1, EVENT_WAIT).await;
+    let a = &alerts[0];
+    eprintln!("ALERT for the abort: {a:#}");
+    assert_eq!(a["eventType"], "ALERT", "{a}");
+    assert_eq!(
+        a["alertKey"],
+        format!("ilert-rollout-controller/e2e/Rollout/{ns}/web").as_str()
+    );
+    let text = a["details"].as_str().unwrap();
+    assert!(
+        text.contains("aborted its rollout of revision 2")
+            && text.contains("kubectl argo rollouts get rollout web"),
+        "{text}"
+    );
+
+    // A fixed revision: Completed, and the RESOLVE of the same alert.
+    let quick = json!({"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}]}});
+    apply(&api, "web", &rollout("web", "nginx:1.26", 2, quick)).await;
+    wait_healthy(&api, "web", "3").await;
+    let events = w.ilert.wait_accepted(3, EVENT_WAIT).await;
+    assert_eq!(details(&events[2])["outcome"], "Completed");
+    assert_eq!(details(&events[2])["revision"], "3");
+    let alerts = w.ilert.wait_alerts_accepted(2, EVENT_WAIT).await;
+    assert_eq!(alerts[1]["eventType"], "RESOLVE", "{}", alerts[1]);
+    assert_eq!(alerts[1]["alertKey"], alerts[0]["alertKey"]);
+    assert_no_more_than(&w.ilert, 3, Duration::from_secs(3)).await;
+    assert_eq!(w.ilert.alerts_received().len(), 2);
+    w.ilert.assert_schema_valid();
+}
+
+#[tokio::test]
+async fn a_rollout_with_a_workload_ref_reports_as_the_rollout_and_never_as_its_deployment() {
+    let (w, _argo, api) = world("argo-ref", None).await;
+    let ns = w.ns.name.clone();
+    let mut r = rollout("web", "unused", 2, canary_steps());
+    let spec = r["spec"].as_object_mut().unwrap();
+    spec.remove("template");
+    spec.insert(
+        "workloadRef".into(),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "scaleDown": "onsuccess"}),
+    );
+    // The Rollout first, as Argo's migration guide has it: the Deployment is the Rollout's from
+    // its first sight.
+    apply(&api, "web", &r).await;
+    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 2)).await;
+    wait_healthy(&api, "web", "1").await;
+    let events = w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    let d = details(&events[0]);
+    assert_eq!(d["kind"], "Rollout", "{d}");
+    assert_eq!(d["images"], json!({"app": "nginx:1.25"}), "{d}");
+    assert_eq!(d["argoRollout"]["workloadRef"], "Deployment/web", "{d}");
+    // Argo scales the Deployment to zero: not a rollout of its own.
+    eventually(
+        Duration::from_secs(60),
+        "the Deployment scaled to 0",
+        || async {
+            let d = w.deployments.get("web").await.ok()?;
+            (d.spec?.replicas == Some(0)).then_some(())
+        },
+    )
+    .await;
+    assert_no_more_than(&w.ilert, 1, Duration::from_secs(3)).await;
+
+    // A new image in the Deployment is the Rollout's revision 2, and only that.
+    apply(&w.deployments, "web", &{
+        let mut d = deployment("web", "nginx:1.26", 2);
+        d["spec"]["replicas"] = json!(0);
+        d
+    })
+    .await;
+    wait_healthy(&api, "web", "2").await;
+    let events = w.ilert.wait_accepted(2, EVENT_WAIT).await;
+    let d = details(&events[1]);
+    assert_eq!(
+        events[1]["summary"],
+        format!("Rollout {ns}/web rolled out nginx:1.26 (revision 2) on e2e").as_str(),
+        "{d}"
+    );
+    assert_no_more_than(&w.ilert, 2, Duration::from_secs(3)).await;
+    assert!(
+        w.ilert
+            .accepted()
+            .iter()
+            .all(|e| e["customDetails"]["kind"] == "Rollout"),
+        "an event for the Deployment a Rollout runs"
+    );
+    w.ilert.assert_schema_valid();
+}
