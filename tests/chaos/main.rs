@@ -12,7 +12,12 @@ mod support;
 #[path = "../e2e/world.rs"]
 mod world;
 
+#[allow(dead_code)]
+#[path = "../e2e/argo_rollouts.rs"]
+mod argo_rollouts;
+
 mod faults;
+mod optional_crd;
 
 /// The long version (`make chaos`).
 pub fn long() -> bool {
