@@ -286,3 +286,39 @@ async fn a_rollout_with_a_workload_ref_reports_as_the_rollout_and_never_as_its_d
     );
     w.ilert.assert_schema_valid();
 }
+
+#[tokio::test]
+async fn a_rollout_past_its_progress_deadline_is_reported_failed_once() {
+    let (w, _argo, api) = world("argo-deadline", None).await;
+    let ns = w.ns.name.clone();
+    let body = |image: &str, schedulable: bool| {
+        let mut r = rollout("web", image, 2, canary_steps());
+        r["spec"]["progressDeadlineSeconds"] = json!(5);
+        if !schedulable {
+            r["spec"]["template"]["spec"]["nodeSelector"] = json!({"no-such-node": "true"});
+        }
+        r
+    };
+    apply(&api, "web", &body("nginx:1.25", true)).await;
+    wait_healthy(&api, "web", "1").await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    apply(&api, "web", &body("nginx:1.26", false)).await;
+    let events = w.ilert.wait_accepted(2, Duration::from_secs(90)).await;
+    let e = &events[1];
+    eprintln!("Failed Rollout as ilert received it: {e:#}");
+    assert_eq!(details(e)["outcome"], "Failed", "{e:#}");
+    assert_eq!(details(e)["revision"], "2", "{e:#}");
+    assert!(
+        e["summary"].as_str().unwrap().starts_with(&format!(
+            "Rollout failed: Rollout {ns}/web did not roll out nginx:1.26"
+        )),
+        "{e:#}"
+    );
+    let r = api.get("web").await.unwrap();
+    assert_eq!(
+        r.data["status"]["phase"], "Degraded",
+        "{:#}",
+        r.data["status"]
+    );
+    assert_no_more_than(&w.ilert, 2, Duration::from_secs(4)).await;
+}
