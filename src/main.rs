@@ -49,6 +49,95 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the IlertPipeline CRD as YAML.
     Crds,
+    /// Print what the controller would send to ilert for a workload's latest rollout (the
+    /// integration key redacted), through your own kubeconfig; read-only.
+    Preview(PreviewArgs),
+    /// Send a test event through a pipeline (sets its ilert.com/test-event annotation) and wait
+    /// for ilert's answer.
+    Test(TestArgs),
+    /// The pipelines across namespaces: readiness, selected workloads, pending and sent events,
+    /// the last event.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PreviewArgs {
+    /// The workload as <kind>/<name>: deploy/web, sts/db, ds/agent, rollout/web.
+    workload: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// The pipeline whose templates shape the event, as <namespace>/<name> or <name> (default:
+    /// the first pipeline in the workload's namespace that selects it).
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// The cluster name the controller runs with (its --cluster-name).
+    #[arg(long, default_value = "")]
+    cluster_name: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct TestArgs {
+    /// The pipeline, as <name> or <namespace>/<name>.
+    pipeline: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// How long to wait for ilert's answer, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_seconds: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Only this namespace (default: all the kubeconfig may list).
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+/// Called as `kubectl-ilert` (the kubectl plugin `kubectl ilert`): the person's commands only.
+fn as_kubectl_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().starts_with("kubectl-ilert"))
+        })
+        .unwrap_or(false)
+}
+
+/// A person's command, with its exit code.
+async fn person(command: Command) -> std::process::ExitCode {
+    use ilert_rollout_controller::shell::cli;
+    let result = match command {
+        Command::Preview(a) => {
+            cli::run_preview(
+                &a.workload,
+                a.namespace.as_deref(),
+                a.pipeline.as_deref(),
+                &a.cluster_name,
+            )
+            .await
+        }
+        Command::Test(a) => {
+            cli::run_test(
+                &a.pipeline,
+                a.namespace.as_deref(),
+                Duration::from_secs(a.timeout_seconds.max(1)),
+            )
+            .await
+        }
+        Command::Status(a) => cli::run_status(a.namespace.as_deref()).await,
+        Command::Run(_) | Command::Crds => unreachable!("not a person's command"),
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -140,13 +229,30 @@ fn init_logging(format: LogFormat) {
 async fn main() -> std::process::ExitCode {
     // One TLS crypto provider for kube and reqwest alike.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let plugin = as_kubectl_plugin();
+    let cli = if plugin {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command()
+            .name("kubectl ilert")
+            .bin_name("kubectl ilert")
+            .subcommand_required(true)
+            .mut_args(|a| a.hide(true))
+            .mut_subcommand("run", |c| c.hide(true))
+            .mut_subcommand("crds", |c| c.hide(true))
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    } else {
+        Cli::parse()
+    };
     let args = match cli.command {
         Some(Command::Crds) => {
             print!("{}", ilert_rollout_controller::crd_yaml());
             return std::process::ExitCode::SUCCESS;
         }
         Some(Command::Run(args)) => *args,
+        Some(c @ (Command::Preview(_) | Command::Test(_) | Command::Status(_))) => {
+            return person(c).await;
+        }
         None => cli.run,
     };
     init_logging(args.log_format);

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod pacing;
 pub mod pairs;
 pub mod payload;
+pub mod preview;
 pub mod report;
 pub mod rollout;
 pub mod selection;

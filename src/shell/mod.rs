@@ -3,6 +3,7 @@
 //! [`crate::domain`] for every decision and carry out what it returns.
 
 pub mod brain;
+pub mod cli;
 pub mod events;
 pub mod handle;
 pub mod ilert;

@@ -15,6 +15,7 @@ mod hostile;
 mod image;
 mod operations;
 mod ops_kit;
+mod plugin;
 mod promise;
 mod sets;
 mod shaping;
