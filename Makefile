@@ -2,10 +2,16 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: build image test chaos demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
+.PHONY: build plugin image test chaos demo bench lint fmt crds cluster-build cluster-up cluster-down fixtures
 
 build:
 	$(CARGO) build --release
+
+## The kubectl plugin `kubectl ilert` (the same binary under the name kubectl-ilert) into
+## $(PREFIX)/bin, by default ~/.local/bin.
+PREFIX ?= $(HOME)/.local
+plugin: build
+	install -D -m 0755 target/release/ilert-rollout-controller $(PREFIX)/bin/kubectl-ilert
 
 ## The OCI image from the Dockerfile, with buildah (no Docker engine); prints its size and layers.
 ## IMAGE_BINARY=source compiles inside the build stage, as the release does; IMAGE=name:tag to tag.
