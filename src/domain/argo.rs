@@ -198,7 +198,10 @@ impl ArgoState {
                 .map_or(0, Vec::len),
             step_index: status.and_then(|s| s.current_step_index),
             phase: status.and_then(|s| s.phase.as_deref()).map(Into::into),
-            message: status.and_then(|s| s.message.clone()),
+            // A line of context, not a document: kept as long as a kept annotation.
+            message: status.and_then(|s| s.message.as_deref()).map(|m| {
+                crate::domain::text::truncate(m, crate::domain::rollout::MAX_ANNOTATION_CHARS)
+            }),
             abort: status.and_then(|s| s.abort).unwrap_or(false),
             aborted_at: status.and_then(|s| s.aborted_at.as_ref()).map(|t| t.0),
             current_pod_hash: status

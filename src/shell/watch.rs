@@ -1,5 +1,6 @@
-//! The eight watches (Rollouts only while Argo Rollouts' CRD is installed) and what comes out of them: each object projected to its compact view
-//! as it arrives, retried with the controller's backoff.
+//! The eight watches (Rollouts only while Argo Rollouts' CRD is installed) and what comes out of
+//! them: each object projected to its compact view as it arrives, retried with the controller's
+//! backoff.
 
 use std::time::Duration;
 
