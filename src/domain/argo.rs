@@ -14,6 +14,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "argoproj.io/v1alpha1";
 pub const KIND: &str = "Rollout";
 pub const PLURAL: &str = "rollouts";
+/// Argo's `status.message` is kept cut to this many characters (as long as a kept annotation).
+pub const MAX_MESSAGE_CHARS: usize = 1024;
 
 /// A Rollout as far as this controller reads it (serde skips every other field).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -198,10 +200,10 @@ impl ArgoState {
                 .map_or(0, Vec::len),
             step_index: status.and_then(|s| s.current_step_index),
             phase: status.and_then(|s| s.phase.as_deref()).map(Into::into),
-            // A line of context, not a document: kept as long as a kept annotation.
-            message: status.and_then(|s| s.message.as_deref()).map(|m| {
-                crate::domain::text::truncate(m, crate::domain::rollout::MAX_ANNOTATION_CHARS)
-            }),
+            // A line of context, not a document.
+            message: status
+                .and_then(|s| s.message.as_deref())
+                .map(|m| crate::domain::text::truncate(m, MAX_MESSAGE_CHARS)),
             abort: status.and_then(|s| s.abort).unwrap_or(false),
             aborted_at: status.and_then(|s| s.aborted_at.as_ref()).map(|t| t.0),
             current_pod_hash: status
