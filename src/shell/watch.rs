@@ -131,6 +131,30 @@ where
     rx
 }
 
+/// Whether a watch failed because the controller may not list or watch the kind (its RBAC).
+fn forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
+    }
+}
+
+/// What [`follow_optional`] last told the decision loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Nothing yet: the controller waits for the first answer.
+    Unknown,
+    /// An empty, complete list: the kind is not served.
+    Absent,
+    /// An empty, complete list: served, but the controller may not read it.
+    Forbidden,
+    /// The watch's own lists.
+    Watching,
+}
+
 async fn follow_optional<K>(
     client: Client,
     cfg: watcher::Config,
@@ -147,8 +171,18 @@ async fn follow_optional<K>(
     use futures::{SinkExt, StreamExt};
     let (api_version, plural) = (K::api_version(&()), K::plural(&()));
     let kind = K::kind(&());
-    let mut absent_listed = false;
+    let mut standing = Standing::Unknown;
     let mut attempt = 0;
+    // An empty, complete list, so that readiness and every other kind go on without this one.
+    macro_rules! list_nothing {
+        () => {
+            for ev in [Event::Init, Event::InitDone] {
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+        };
+    }
     loop {
         match served(&client, &api_version, &plural).await {
             Err(e) => {
@@ -161,28 +195,44 @@ async fn follow_optional<K>(
             }
             Ok(false) => {
                 attempt = 0;
-                if !absent_listed {
+                if standing != Standing::Absent {
                     info!(kind = %kind, api_version = %api_version, every_seconds = every.as_secs(), "kind not served (CRD not installed): not watched; discovery asks again periodically");
-                    for ev in [Event::Init, Event::InitDone] {
-                        if tx.send(Ok(ev)).await.is_err() {
-                            return;
-                        }
-                    }
-                    absent_listed = true;
+                    list_nothing!();
+                    standing = Standing::Absent;
                 }
                 tokio::time::sleep(every).await;
             }
             Ok(true) => {
                 attempt = 0;
-                absent_listed = false;
-                info!(kind = %kind, api_version = %api_version, "kind served: watching it");
+                if standing != Standing::Forbidden {
+                    info!(kind = %kind, api_version = %api_version, "kind served: watching it");
+                }
                 let mut events = watch_all::<K>(&client, cfg.clone()).boxed();
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
                 loop {
                     tokio::select! {
                         ev = events.next() => match ev {
-                            Some(ev) => if tx.send(ev).await.is_err() { return; },
+                            Some(Err(e)) if forbidden(&e) => {
+                                if standing != Standing::Forbidden {
+                                    warn!(kind = %kind, api_version = %api_version, error = %e, "not allowed to list or watch it: grant the controller's ClusterRole get, list and watch on {plural} of {api_version} (the chart does); until then these are not reported, everything else is; tried again periodically");
+                                    list_nothing!();
+                                    standing = Standing::Forbidden;
+                                }
+                                tokio::time::sleep(every).await;
+                                break;
+                            }
+                            Some(ev) => {
+                                if matches!(ev, Ok(Event::InitDone)) {
+                                    if standing == Standing::Forbidden {
+                                        info!(kind = %kind, "allowed to watch it now: watching it");
+                                    }
+                                    standing = Standing::Watching;
+                                }
+                                if tx.send(ev).await.is_err() {
+                                    return;
+                                }
+                            }
                             None => break,
                         },
                         _ = tick.tick() => {

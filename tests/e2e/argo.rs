@@ -322,3 +322,107 @@ async fn a_rollout_past_its_progress_deadline_is_reported_failed_once() {
     );
     assert_no_more_than(&w.ilert, 2, Duration::from_secs(4)).await;
 }
+
+/// An identity with the chart's rights minus `argoproj.io` (a chart from before Rollouts were
+/// read, on a cluster with Argo Rollouts): cluster-wide ClusterRole and binding of its own
+/// (removed when dropped), and the release's Role in `ns`.
+struct WithoutRollouts {
+    client: Client,
+    name: String,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl WithoutRollouts {
+    async fn new(client: &Client, ns: &str) -> Self {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+        let release = release_name(ns);
+        let chart_role = release_account(&release);
+        let name = format!("{ns}-no-rollouts");
+        let roles: Api<ClusterRole> = Api::all(client.clone());
+        let mut rules = roles
+            .get(&chart_role)
+            .await
+            .expect("the chart's ClusterRole")
+            .rules
+            .unwrap();
+        rules.retain(|r| !r.api_groups.iter().flatten().any(|g| g == "argoproj.io"));
+        assert!(rules.len() >= 5, "{rules:?}");
+        apply(&roles, &name, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules})).await;
+        let subject = json!([{"kind": "ServiceAccount", "name": "no-rollouts", "namespace": ns}]);
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        apply(&accounts, "no-rollouts", &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "no-rollouts"}})).await;
+        let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+        apply(&bindings, &name, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}, "subjects": subject})).await;
+        let local: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+        apply(&local, "no-rollouts", &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "no-rollouts"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": chart_role}, "subjects": subject})).await;
+        let kubeconfig =
+            std::path::PathBuf::from(REPO).join(format!("target/e2e-logs/{name}.kubeconfig"));
+        token_kubeconfig(&kubeconfig, &account_token(ns, "no-rollouts", "1h"), ns);
+        WithoutRollouts {
+            client: client.clone(),
+            name,
+            kubeconfig,
+        }
+    }
+}
+
+impl Drop for WithoutRollouts {
+    fn drop(&mut self) {
+        let kubectl = tool("kubectl");
+        let _ = std::process::Command::new(kubectl)
+            .args([
+                "delete",
+                "clusterrole,clusterrolebinding",
+                &self.name,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .output();
+        let _ = &self.client;
+    }
+}
+
+/// A controller that may not read Rollouts on a cluster that has them (RBAC from an older chart)
+/// is ready, says once what to grant, and reports every other kind.
+#[tokio::test]
+async fn without_the_right_to_read_rollouts_the_rest_is_reported_and_the_log_says_what_to_grant() {
+    let (mut w, _argo, api) = world("argo-rbac", None).await;
+    let ns = w.ns.name.clone();
+    let identity = WithoutRollouts::new(&w.client, &ns).await;
+    // The chart identity's controller makes way for one without the right.
+    w.controller = Controller::start_serving_as(
+        &ns,
+        &w.ilert,
+        &format!("e2e-ns={ns}"),
+        ARGS,
+        "no-rollouts",
+        identity.kubeconfig.clone(),
+    );
+    w.controller.wait_ready().await;
+    apply(
+        &api,
+        "shop",
+        &rollout("shop", "nginx:1.25", 1, canary_steps()),
+    )
+    .await;
+    wait_healthy(&api, "shop", "1").await;
+    apply(&w.deployments, "web", &deployment("web", "nginx:1.25", 1)).await;
+    wait_revision_complete(&w.deployments, "web", "1").await;
+    let events = w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    assert_eq!(
+        events[0]["customDetails"]["kind"], "Deployment",
+        "{:#}",
+        events[0]
+    );
+    assert_no_more_than(&w.ilert, 1, Duration::from_secs(4)).await;
+    let logs = w.controller.logs();
+    let warned = logs.matches("not allowed to list or watch it").count();
+    assert_eq!(warned, 1, "said once, not at every retry: {logs}");
+    assert!(
+        logs.contains("grant the controller's ClusterRole get, list and watch on rollouts of argoproj.io/v1alpha1"),
+        "{logs}"
+    );
+}
