@@ -90,6 +90,24 @@ async fn a_canary_is_reported_once_after_its_last_step_and_an_undo_as_a_rollback
     assert_eq!(e["timestamp"].as_i64(), Some(finished.as_millisecond()));
     assert_no_more_than(&w.ilert, 2, Duration::from_secs(3)).await;
 
+    // `preview` (as the admin here) prints what was sent, key aside.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ilert-rollout-controller"))
+        .args(["preview", "rollout/web", "-n", &ns, "--cluster-name", "e2e"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut preview: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut sent = e.clone();
+    for v in [&mut preview, &mut sent] {
+        v.as_object_mut().unwrap().remove("integrationKey");
+    }
+    assert_eq!(preview, sent, "preview rollout/web is not what was sent");
+
     // An undo (what `kubectl argo rollouts undo` writes: the template of revision 1 again) is a
     // new revision that re-uses revision 1's ReplicaSet: RolledBack.
     apply(
