@@ -360,10 +360,21 @@ fn rollout_progress_follows_argo_rollouts() {
         ("rollout-aborted.json", Progress::Aborted),
         ("rollout-rolledback.json", Progress::Complete),
         ("rollout-bluegreen-complete.json", Progress::Complete),
+        ("rollout-failed.json", Progress::InProgress),
     ];
     for (file, want) in table {
         assert_eq!(rollout_view(file, None).progress(), want, "{file}");
     }
+    // A deadline counts once the ReplicaSet it names is known to be the current one (the
+    // watches are separate streams).
+    assert_eq!(
+        rollout_view(
+            "rollout-failed.json",
+            Some("replicasets-rollout-failed.json")
+        )
+        .progress(),
+        Progress::Failed
+    );
 }
 
 #[test]
@@ -383,6 +394,13 @@ fn a_rollout_finishes_with_its_argo_revision_and_the_time_argo_gives() {
             .finished()
             .is_none()
     );
+    let failed = rollout_view(
+        "rollout-failed.json",
+        Some("replicasets-rollout-failed.json"),
+    )
+    .finished()
+    .expect("failed");
+    assert_eq!((failed.revision, failed.outcome), (2, Outcome::Failed));
 }
 
 #[test]
