@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ManagedFieldsEntry, ObjectMeta,
+    LabelSelector, ManagedFieldsEntry, ObjectMeta, Time,
 };
 use serde::{Deserialize, Serialize};
 
@@ -211,9 +211,8 @@ impl WorkloadView {
     pub fn from_rollout(r: &argo::Rollout) -> Self {
         let spec = r.spec.as_ref();
         let status = r.status.as_ref();
-        let progressing = status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+        let Progressing(progressing_reason, progressing_updated, progressing_replica_set) =
+            Progressing::find(status.and_then(|s| s.conditions.as_deref()));
         let generation = r.metadata.generation.unwrap_or(0);
         WorkloadView {
             observed_generation: status
@@ -225,17 +224,9 @@ impl WorkloadView {
             updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
             available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
             ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-            progressing_reason: progressing.and_then(|c| c.reason.clone()),
-            progressing_updated: progressing
-                .and_then(|c| {
-                    c.last_update_time
-                        .as_ref()
-                        .or(c.last_transition_time.as_ref())
-                })
-                .map(|t| t.0),
-            progressing_replica_set: progressing
-                .and_then(|c| c.message.as_deref())
-                .and_then(named_replica_set),
+            progressing_reason,
+            progressing_updated,
+            progressing_replica_set,
             argo: Some(Box::new(ArgoState::of(r))),
             ..Self::base(
                 Kind::Rollout,
@@ -249,9 +240,8 @@ impl WorkloadView {
     pub fn from_deployment(d: &Deployment) -> Self {
         let spec = d.spec.as_ref();
         let status = d.status.as_ref();
-        let progressing = status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"));
+        let Progressing(progressing_reason, progressing_updated, progressing_replica_set) =
+            Progressing::find(status.and_then(|s| s.conditions.as_deref()));
         WorkloadView {
             observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
             paused: spec.and_then(|s| s.paused).unwrap_or(false),
@@ -260,17 +250,9 @@ impl WorkloadView {
             updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
             available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
             ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or(0),
-            progressing_reason: progressing.and_then(|c| c.reason.clone()),
-            progressing_updated: progressing
-                .and_then(|c| {
-                    c.last_update_time
-                        .as_ref()
-                        .or(c.last_transition_time.as_ref())
-                })
-                .map(|t| t.0),
-            progressing_replica_set: progressing
-                .and_then(|c| c.message.as_deref())
-                .and_then(named_replica_set),
+            progressing_reason,
+            progressing_updated,
+            progressing_replica_set,
             ..Self::base(
                 Kind::Deployment,
                 &d.metadata,
@@ -505,6 +487,65 @@ impl WorkloadView {
         })
     }
 }
+
+/// What a Progressing condition (a Deployment's, or Argo Rollouts' of the same shape) tells:
+/// its reason, when it was last updated, and the ReplicaSet its message names.
+#[derive(Default)]
+struct Progressing(Option<String>, Option<Timestamp>, Option<Box<str>>);
+
+impl Progressing {
+    fn find<C: ProgressCondition>(conditions: Option<&[C]>) -> Self {
+        let Some(c) = conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.fields().0 == "Progressing")
+        else {
+            return Progressing::default();
+        };
+        let (_, reason, updated, transitioned, message) = c.fields();
+        Progressing(
+            reason.cloned(),
+            updated.or(transitioned).map(|t| t.0),
+            message.and_then(named_replica_set),
+        )
+    }
+}
+
+/// A status condition of a Deployment or a Rollout: type, reason, last update, last transition,
+/// message.
+trait ProgressCondition {
+    fn fields(
+        &self,
+    ) -> (
+        &str,
+        Option<&String>,
+        Option<&Time>,
+        Option<&Time>,
+        Option<&str>,
+    );
+}
+
+/// The two kinds of condition have the same fields.
+macro_rules! progress_condition {
+    ($($t:ty),*) => {$(
+        impl ProgressCondition for $t {
+            fn fields(&self) -> (&str, Option<&String>, Option<&Time>, Option<&Time>, Option<&str>) {
+                (
+                    &self.type_,
+                    self.reason.as_ref(),
+                    self.last_update_time.as_ref(),
+                    self.last_transition_time.as_ref(),
+                    self.message.as_deref(),
+                )
+            }
+        }
+    )*};
+}
+
+progress_condition!(
+    k8s_openapi::api::apps::v1::DeploymentCondition,
+    argo::Condition
+);
 
 /// A finished rollout as the object shows it. `Completed` may still turn out to be a rollback
 /// once the ReplicaSets are looked at (see [`History`]).

@@ -109,6 +109,23 @@ async fn served(client: &Client, api_version: &str, plural: &str) -> Result<bool
     }
 }
 
+/// A kind [`watch_optional`] can follow: one of a static type (a CRD's), read as the watch
+/// delivers it.
+pub(crate) trait Optional:
+    Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static
+{
+}
+
+impl<K> Optional for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static
+{
+}
+
 /// A cluster-wide watch of a kind that may not be installed (a CRD such as Argo Rollouts'):
 /// discovery is asked every `every`. While the kind is not served the watch stands as a complete,
 /// empty list, so readiness does not wait for it and nothing retries in a loop; once it is
@@ -119,12 +136,7 @@ pub(crate) fn watch_optional<K>(
     every: Duration,
 ) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: Optional,
 {
     let (tx, rx) = futures::channel::mpsc::channel(64);
     tokio::spawn(follow_optional::<K>(client.clone(), cfg, every, tx));
@@ -161,12 +173,7 @@ async fn follow_optional<K>(
     every: Duration,
     mut tx: futures::channel::mpsc::Sender<Result<Event<K>, watcher::Error>>,
 ) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
+    K: Optional,
 {
     use futures::{SinkExt, StreamExt};
     let (api_version, plural) = (K::api_version(&()), K::plural(&()));

@@ -11,7 +11,7 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
 
-use crate::support::{REPO, eventually, run, tool};
+use crate::support::{REPO, eventually, free_port, run, tool};
 
 /// Where up.sh linked Argo Rollouts' CRDs: beside the control plane's kubeconfig.
 fn crds_dir() -> PathBuf {
@@ -41,20 +41,23 @@ pub fn install_crds() {
         "Argo Rollouts' CRDs are missing in {} (tests/cluster/build.sh builds them; restart the control plane with make cluster-down cluster-up)",
         dir.display()
     );
-    let kubectl = tool("kubectl");
-    let mut args: Vec<String> = [
+    kubectl_on_crds(&[
         "apply",
         "--server-side",
         "--force-conflicts",
         "--field-manager",
         "e2e-argo-rollouts",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(crd_files().into_iter().flat_map(|f| ["-f".to_string(), f]));
+    ]);
+}
+
+/// kubectl with `args` and `-f` for each CRD file (kubectl does not read a directory through a
+/// symbolic link).
+fn kubectl_on_crds(args: &[&str]) {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(crd_files().into_iter().flat_map(|f| ["-f".to_string(), f]));
     run(
-        &kubectl,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &tool("kubectl"),
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 }
 
@@ -79,18 +82,10 @@ pub async fn wait_served(client: &Client) {
 
 /// Removes Argo Rollouts' CRDs (and with them every Rollout) and waits until they are gone.
 pub fn uninstall_crds() {
-    let kubectl = tool("kubectl");
-    let mut args: Vec<String> = ["delete", "--wait", "--timeout", "60s"]
-        .map(String::from)
-        .to_vec();
-    args.extend(crd_files().into_iter().flat_map(|f| ["-f".to_string(), f]));
-    run(
-        &kubectl,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    kubectl_on_crds(&["delete", "--wait", "--timeout", "60s"]);
 }
 
-/// Each CRD file (kubectl does not read a directory through a symbolic link).
+/// Each CRD file.
 fn crd_files() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(crds_dir())
         .expect("Argo Rollouts' CRDs")
@@ -100,14 +95,6 @@ fn crd_files() -> Vec<String> {
         .collect();
     files.sort();
     files
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The real Argo Rollouts controller, watching one namespace; killed when dropped.

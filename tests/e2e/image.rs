@@ -51,14 +51,6 @@ impl Drop for Container {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The Deployment the chart renders with `values`.
 fn chart_deployment(ns: &str, values: &[String]) -> Value {
     let mut args: Vec<String> = vec![

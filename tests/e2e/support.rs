@@ -120,6 +120,15 @@ pub fn release_account(release: &str) -> String {
     format!("{release}-ilert-rollout-controller")
 }
 
+/// A loopback port free right now (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `cmd` with `args`; panics with its output unless it succeeds. Returns its stdout.
 pub fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
