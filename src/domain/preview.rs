@@ -81,7 +81,7 @@ pub fn preview(
         .and_then(|e| e.event)
         .expect("a reported rollout has its event");
     Preview::Send {
-        body: report::body(&report::combine(&[event], cluster), REDACTED),
+        body: report::body(&event, REDACTED),
         warnings: pending.warnings,
     }
 }

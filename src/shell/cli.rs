@@ -66,6 +66,21 @@ fn not_found(e: kube::Error, what: &str) -> anyhow::Error {
     }
 }
 
+/// Every `K` in namespace `ns` (`what` names them in the error).
+async fn list_in<K>(client: &Client, ns: &str, what: &str) -> anyhow::Result<Vec<K>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|e| not_found(e, &format!("{what} in {ns}")))
+}
+
 /// The workload's view with its ReplicaSets or ControllerRevisions, read as the controller reads
 /// them.
 async fn read_workload(
@@ -97,19 +112,11 @@ async fn read_workload(
     let mut replica_sets = OwnedCache::<ReplicaSetView>::default();
     let mut revisions = OwnedCache::<RevisionView>::default();
     if kind.has_replica_sets() {
-        let list = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| not_found(e, &format!("ReplicaSets in {ns}")))?;
-        for rs in &list.items {
+        for rs in &list_in::<ReplicaSet>(client, ns, "ReplicaSets").await? {
             replica_sets.apply(Event::Apply(ReplicaSetView::from_replica_set(rs)));
         }
     } else {
-        let list = Api::<ControllerRevision>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| not_found(e, &format!("ControllerRevisions in {ns}")))?;
-        for cr in &list.items {
+        for cr in &list_in::<ControllerRevision>(client, ns, "ControllerRevisions").await? {
             revisions.apply(Event::Apply(RevisionView::from_controller_revision(cr)));
         }
     }
@@ -150,11 +157,7 @@ pub async fn run_preview(
             vec![got]
         }
         None => {
-            let mut list = Api::<IlertPipeline>::namespaced(client.clone(), &ns)
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| not_found(e, &format!("IlertPipelines in {ns}")))?
-                .items;
+            let mut list = list_in::<IlertPipeline>(&client, &ns, "IlertPipelines").await?;
             list.sort_by_key(|p| p.name_any());
             list
         }
@@ -303,11 +306,7 @@ pub async fn run_status(namespace: Option<&str>) -> anyhow::Result<u8> {
     let (client, default_ns) = user_client().await?;
     let (pipelines, scope) = match namespace {
         Some(ns) => (
-            Api::<IlertPipeline>::namespaced(client.clone(), ns)
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| not_found(e, &format!("IlertPipelines in {ns}")))?
-                .items,
+            list_in::<IlertPipeline>(&client, ns, "IlertPipelines").await?,
             ns.to_string(),
         ),
         None => match Api::<IlertPipeline>::all(client.clone())
@@ -320,11 +319,7 @@ pub async fn run_status(namespace: Option<&str>) -> anyhow::Result<u8> {
                     "# not allowed to list IlertPipelines across namespaces: {default_ns} only"
                 );
                 (
-                    Api::<IlertPipeline>::namespaced(client.clone(), &default_ns)
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|e| not_found(e, &format!("IlertPipelines in {default_ns}")))?
-                        .items,
+                    list_in::<IlertPipeline>(&client, &default_ns, "IlertPipelines").await?,
                     default_ns.clone(),
                 )
             }
