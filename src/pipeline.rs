@@ -114,10 +114,54 @@ pub struct IlertPipelineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertsSpec>,
 
+    /// How rollouts become events. `Workload` (the default): one event per finished rollout.
+    /// `Owner`: the rollouts of one owner (Helm release, Argo CD Application, Flux Kustomization
+    /// or HelmRelease, as `customDetails.managedBy` names it) that start within
+    /// `groupWindowSeconds` of each other are one change, reported as one event once the last of
+    /// them finished (or after `groupMaxWaitSeconds`, naming what had not finished). Workloads
+    /// without an owner are reported one by one.
+    #[serde(default, skip_serializing_if = "GroupBy::is_default")]
+    pub group_by: GroupBy,
+
+    /// With `groupBy: Owner`: how far apart, in seconds, the starts of an owner's rollouts may be
+    /// and still be one change; the event goes out this long after the last start at the
+    /// earliest. Absent: 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub group_window_seconds: Option<u32>,
+
+    /// With `groupBy: Owner`: the longest a change waits for its last rollout, in seconds from its
+    /// first start; then it is reported with what finished, naming what did not (those are
+    /// reported when they finish). Absent: 900. Never less than the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub group_max_wait_seconds: Option<u32>,
+
     /// Stops sending while true. Rollouts that finish meanwhile are kept and sent when it is set back to false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 }
+
+/// What one event reports (`spec.groupBy`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum GroupBy {
+    /// One event per finished rollout of a workload.
+    #[default]
+    Workload,
+    /// One event per change of an owner (Helm release, Argo CD Application, Flux object).
+    Owner,
+}
+
+impl GroupBy {
+    fn is_default(&self) -> bool {
+        *self == GroupBy::Workload
+    }
+}
+
+/// Default of `spec.groupWindowSeconds`.
+pub const DEFAULT_GROUP_WINDOW_SECONDS: u32 = 30;
+/// Default of `spec.groupMaxWaitSeconds`.
+pub const DEFAULT_GROUP_MAX_WAIT_SECONDS: u32 = 900;
 
 /// Where failed rollouts page.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -251,6 +251,7 @@ mod tests {
             reported_outcome: None,
             test: None,
             alert: None,
+            group: None,
         }
     }
 

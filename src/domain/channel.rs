@@ -2,10 +2,20 @@
 //! between them: the key's Secret, what one request carries.
 
 use crate::domain::alerts;
+use crate::domain::group::{self, Closing};
 use crate::domain::ledger::Entry;
 use crate::domain::payload::DeploymentEvent;
 use crate::domain::report;
 use crate::pipeline::{IlertPipelineSpec, SecretKeyRef};
+
+/// One request: how many of the waiting events it covers, its body, and what did not render of
+/// the templates of a change's event.
+#[derive(Debug, Default, PartialEq)]
+pub struct Request {
+    pub take: usize,
+    pub body: serde_json::Value,
+    pub warnings: Vec<String>,
+}
 
 /// What the entries of one queue send: a deployment event, or an alert. It is taken out of each
 /// entry as the entry is queued, so a queued entry always has one and a batch has a body for each
@@ -14,8 +24,9 @@ pub trait Payload: Clone + Send + Sync + 'static {
     const CHANNEL: Channel;
     /// The payload of a pending entry, taken out of it; None: it has nothing to send.
     fn take_from(entry: &mut Entry) -> Option<Self>;
-    /// How many of `waiting` (oldest first) go out in one request, and its body.
-    fn request(waiting: &[Self], cluster: &str, key: &str) -> (usize, serde_json::Value);
+    /// How many of `waiting` (oldest first) go out in one request, and its body. `group`: they
+    /// are the members of one closed change (`spec.groupBy: Owner`).
+    fn request(waiting: &[Self], group: Option<&Closing>, cluster: &str, key: &str) -> Request;
     fn alert_type(&self) -> Option<alerts::EventType> {
         None
     }
@@ -26,11 +37,17 @@ impl Payload for DeploymentEvent {
     fn take_from(entry: &mut Entry) -> Option<Self> {
         entry.event.take()
     }
-    fn request(waiting: &[Self], cluster: &str, key: &str) -> (usize, serde_json::Value) {
+    fn request(waiting: &[Self], group: Option<&Closing>, cluster: &str, key: &str) -> Request {
         let take = report::combinable(waiting, cluster).min(waiting.len());
-        match &waiting[..take] {
-            [] => (0, serde_json::Value::Null),
-            events => (take, report::body(&report::combine(events, cluster), key)),
+        let (event, warnings) = match (&waiting[..take], group) {
+            ([], _) => return Request::default(),
+            (members, Some(closing)) => group::event(members, *closing, cluster),
+            (events, None) => (report::combine(events, cluster), Vec::new()),
+        };
+        Request {
+            take,
+            body: report::body(&event, key),
+            warnings,
         }
     }
 }
@@ -41,10 +58,14 @@ impl Payload for alerts::AlertEvent {
     fn take_from(entry: &mut Entry) -> Option<Self> {
         entry.alert.take()
     }
-    fn request(waiting: &[Self], _cluster: &str, key: &str) -> (usize, serde_json::Value) {
+    fn request(waiting: &[Self], _group: Option<&Closing>, _cluster: &str, key: &str) -> Request {
         match waiting.first() {
-            Some(alert) => (1, report::body(alert, key)),
-            None => (0, serde_json::Value::Null),
+            Some(alert) => Request {
+                take: 1,
+                body: report::body(alert, key),
+                warnings: Vec::new(),
+            },
+            None => Request::default(),
         }
     }
     fn alert_type(&self) -> Option<alerts::EventType> {
@@ -99,19 +120,20 @@ mod tests {
     #[test]
     fn a_request_covers_exactly_the_entries_it_names() {
         let events: Vec<DeploymentEvent> = (0..3).map(|i| event(&i.to_string())).collect();
-        let (take, body) = DeploymentEvent::request(&events, "prod", "key");
+        let Request { take, body, .. } = DeploymentEvent::request(&events, None, "prod", "key");
         assert_eq!(take, 3);
         assert_eq!(body["integrationKey"], "key");
         assert!(
             body["summary"].as_str().is_some_and(|s| s.contains('3')),
             "{body}"
         );
-        let (take, body) = DeploymentEvent::request(&events[..1], "prod", "key");
+        let Request { take, body, .. } =
+            DeploymentEvent::request(&events[..1], None, "prod", "key");
         assert_eq!(take, 1);
         assert_eq!(body["summary"], events[0].summary.as_str());
         assert_eq!(
-            DeploymentEvent::request(&[], "prod", "key"),
-            (0, serde_json::Value::Null)
+            DeploymentEvent::request(&[], None, "prod", "key"),
+            Request::default()
         );
     }
 }

@@ -128,6 +128,7 @@ fn entry(w: &WorkloadView, state: State) -> Entry {
         reported_outcome: None,
         test: None,
         alert: None,
+        group: None,
     }
 }
 
@@ -171,6 +172,7 @@ pub fn pending(
         reported_outcome: Some(rollout.outcome),
         test: None,
         alert,
+        group: None,
     };
     let alert = alert.map(|(action, priority)| {
         let alert = alerts::event(action, &event, &w.reference(), cluster, priority);

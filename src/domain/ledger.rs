@@ -44,6 +44,10 @@ pub struct Entry {
     /// In an alerts ledger: the alert or resolve to send, while pending.
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<AlertEvent>,
+    /// While pending, with `groupBy: Owner`: the change it belongs to (`domain::group`); its
+    /// event goes out with the rest of that change.
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Identity of one rollout outcome of one workload.

@@ -9,6 +9,7 @@ pub mod channel;
 pub mod context;
 pub mod decide;
 pub mod digest;
+pub mod group;
 pub mod history;
 pub mod index;
 pub mod keys;

@@ -107,7 +107,8 @@ pub fn deployment_event(
     (event, warnings)
 }
 
-fn apply(event: &mut DeploymentEvent, r: template::Rendered, replace_details: bool) {
+/// Applies what templates rendered: `replace_details` lets them replace the controller's details.
+pub fn apply(event: &mut DeploymentEvent, r: template::Rendered, replace_details: bool) {
     if let Some(s) = r.summary.filter(|s| !s.is_empty()) {
         event.summary = truncate(&s, MAX_SUMMARY_CHARS);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 
+use crate::domain::group;
 use crate::domain::rollout::{Kind, WorkloadView};
 use crate::domain::status::{Problem, Reason};
 use crate::domain::template::Templates;
@@ -22,6 +23,8 @@ pub struct Selection {
     pub templates: Option<Arc<Templates>>,
     /// `spec.alerts`: failed rollouts page.
     pub alerts: Option<AlertsSpec>,
+    /// `spec.groupBy: Owner`: how rollouts of one owner become one change.
+    pub group: Option<group::Policy>,
 }
 
 impl Selection {
@@ -68,6 +71,7 @@ impl Selection {
             kinds: spec.workloads.clone().unwrap_or_else(|| Kind::ALL.to_vec()),
             templates,
             alerts: spec.alerts.clone(),
+            group: group::Policy::of(spec),
         })
     }
 

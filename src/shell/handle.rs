@@ -16,7 +16,7 @@ use crate::domain::payload::DeploymentEvent;
 use crate::domain::selection::Selection;
 use crate::domain::status::Stats;
 use crate::pipeline::{IlertPipelineSpec, IlertPipelineStatus};
-use crate::shell::outbox::Outbox;
+use crate::shell::outbox::{Grouping, Outbox};
 use crate::shell::sender::Sender;
 use crate::shell::shared::{Shared, lock};
 use crate::shell::status_writer::StatusWriter;
@@ -48,9 +48,28 @@ pub(crate) struct PipelineHandle {
     pub(crate) tasks: Vec<JoinHandle<()>>,
     /// Tells the senders that leadership was lost (see [`PipelineHandle::step_down`]).
     pub(crate) deposed: Option<watch::Sender<bool>>,
+    /// Its changes under way (`spec.groupBy: Owner`).
+    pub(crate) grouping: Arc<Mutex<Grouping>>,
 }
 
 impl PipelineHandle {
+    /// Follows the pipeline's checked spec: grouping on, off or with another window, and the
+    /// templates a change's event renders. Held events are looked at again.
+    pub(crate) fn configure_grouping(&self) {
+        let Some(sel) = &self.selection else {
+            // An invalid spec changes nothing here: what waits keeps waiting as it was.
+            return;
+        };
+        {
+            let mut g = lock(&self.grouping);
+            if g.groups.policy() != sel.group {
+                g.groups.set_policy(sel.group);
+            }
+            g.templates = sel.templates.clone();
+        }
+        self.outbox.notify.notify_one();
+    }
+
     /// Starts delivery and status writing (the leader only): pending events come from the ledger,
     /// counters from the last status seen.
     /// `hold`: pending events inherited from the ledger wait for [`Outbox::release_held`].
@@ -59,7 +78,14 @@ impl PipelineHandle {
         let (deposed_tx, deposed) = watch::channel(false);
         self.deposed = Some(deposed_tx);
         let alerts_ledger = alerts::ledger_id(&self.uid);
+        lock(&self.grouping).groups.clear();
         for (key, entry) in shared.ledger.read(|b| b.pending(&self.uid)) {
+            // A member of a change: the change is open again until its other rollouts are seen.
+            if let Some(id) = &entry.group {
+                lock(&self.grouping)
+                    .groups
+                    .reopen(id, tokio::time::Instant::now());
+            }
             self.outbox.push(key, entry, hold);
         }
         let mut pending = shared.ledger.read(|b| b.pending(&alerts_ledger));
@@ -106,6 +132,7 @@ impl PipelineHandle {
             shutdown: shared.shutdown.clone(),
             deposed: deposed.clone(),
             digest: Arc::default(),
+            grouping: self.grouping.clone(),
         };
         let alerts = Sender {
             shared: shared.clone(),
@@ -120,6 +147,8 @@ impl PipelineHandle {
             shutdown: shared.shutdown.clone(),
             deposed: deposed.clone(),
             digest: Arc::default(),
+            // Alerts are per workload.
+            grouping: Arc::default(),
         };
         let status = StatusWriter {
             shared: shared.clone(),

@@ -1,16 +1,29 @@
 //! Per pipeline and channel: the events waiting for delivery, oldest first, each rollout at
-//! most once, with a wake-up for its sender.
+//! most once, with a wake-up for its sender; and the pipeline's changes under way, which hold
+//! their members' events until they close.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{error, info};
 
 use crate::domain::channel::Payload;
+use crate::domain::group::Groups;
 use crate::domain::ledger::{Entry, RolloutKey};
+use crate::domain::template::Templates;
 use crate::shell::shared::lock;
+
+/// A pipeline's changes under way (`spec.groupBy: Owner`), shared by the decision loop, which
+/// tells which rollouts belong together, and the deployment sender, which holds their events
+/// until the change closes.
+#[derive(Default)]
+pub(crate) struct Grouping {
+    pub(crate) groups: Groups,
+    /// The pipeline's templates: a change's event renders them over its `workloads`.
+    pub(crate) templates: Option<Arc<Templates>>,
+}
 
 #[derive(Clone)]
 pub(crate) struct QueuedEvent<P> {
@@ -143,6 +156,7 @@ mod tests {
             reported_outcome: None,
             test: None,
             alert: None,
+            group: None,
         }
     }
 

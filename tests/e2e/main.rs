@@ -11,6 +11,7 @@ mod cluster;
 mod controller;
 mod docs;
 mod examples;
+mod groups;
 mod hostile;
 mod image;
 mod operations;

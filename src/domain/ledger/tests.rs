@@ -85,6 +85,7 @@ fn a_deposed_leader_writes_only_what_ilert_answered() {
         reported_outcome: None,
         test: None,
         alert: None,
+        group: None,
     };
     let value = |e: &Entry| json!(serde_json::to_string(e).unwrap());
     let data: Data = [

@@ -424,6 +424,10 @@ impl Brain {
                         s.selected = p.selected.len() as u64;
                         s.dirty = true;
                     }
+                    // A member of a change that is gone does not hold it open.
+                    if lock(&p.grouping).groups.stopped(&uid) {
+                        p.outbox.notify.notify_one();
+                    }
                 }
                 let pipelines: Vec<String> = self.pipelines.keys().cloned().collect();
                 for p in pipelines {

@@ -1,7 +1,7 @@
 //! What one workload change owes each pipeline, carried out: claims, history, the event built
 //! and queued.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -9,20 +9,23 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::ListParams;
 use kube::core::Selector;
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::domain::alerts;
 use crate::domain::channel::Payload;
+use crate::domain::context::owners;
 use crate::domain::decide;
+use crate::domain::group;
 use crate::domain::history::History;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::payload::DeploymentEvent;
-use crate::domain::rollout::{Finished, Outcome, WorkloadView};
+use crate::domain::rollout::{Finished, Outcome, Progress, WorkloadView};
 use crate::domain::template::Templates;
 use crate::pipeline::AlertPriority;
 use crate::shell::brain::Brain;
 use crate::shell::events::template_warnings;
-use crate::shell::outbox::Outbox;
+use crate::shell::outbox::{Grouping, Outbox};
 use crate::shell::shared::{Shared, lock};
 
 impl Brain {
@@ -80,8 +83,12 @@ impl Brain {
             && h.selection
                 .as_ref()
                 .is_some_and(|sel| sel.selects(w, &h.namespace, &self.namespaces));
+        let grouped = h.selection.as_ref().is_some_and(|s| s.group.is_some());
         if !selected {
             h.selected.remove(workload_uid);
+            if grouped && lock(&h.grouping).groups.stopped(workload_uid) {
+                h.outbox.notify.notify_one();
+            }
             return;
         }
         h.selected.insert(workload_uid.to_string());
@@ -107,6 +114,12 @@ impl Brain {
         if owed.warm {
             h.warm.notify_one();
         }
+        // With `groupBy: Owner`: the change this rollout belongs to.
+        let group = if grouped {
+            join_change(&h.grouping, &h.outbox, w, owed.report)
+        } else {
+            None
+        };
         let Some((key, finished)) = owed.finished else {
             return;
         };
@@ -137,6 +150,7 @@ impl Brain {
             templates: h.selection.as_ref().and_then(|s| s.templates.clone()),
             outbox: report.then(|| h.outbox.clone()),
             alert: alert.map(|(action, priority)| (action, priority, h.alert_outbox.clone())),
+            group: group.map(|id| (id, h.grouping.clone())),
         };
         if !w.kind.has_replica_sets() {
             let history =
@@ -197,6 +211,7 @@ impl Brain {
             reported_outcome: None,
             test: None,
             alert: Some(alerts::gone_event(&workload, &self.shared.cfg.cluster_name)),
+            group: None,
         };
         self.shared
             .ledger
@@ -222,6 +237,9 @@ pub(crate) struct ToQueue {
         Option<AlertPriority>,
         Arc<Outbox<alerts::AlertEvent>>,
     )>,
+    /// The change the deployment event belongs to, and the pipeline's changes: it is held open
+    /// until the event is queued.
+    pub(crate) group: Option<(String, Arc<Mutex<Grouping>>)>,
 }
 
 impl ToQueue {
@@ -248,10 +266,46 @@ impl ToQueue {
             let ledger_id = alerts::ledger_id(&self.pipeline_uid);
             record_and_queue(&self.shared, outbox, &ledger_id, self.key.clone(), entry);
         }
-        if let (Some(outbox), Some(entry)) = (&self.outbox, built.event) {
+        if let (Some(outbox), Some(mut entry)) = (&self.outbox, built.event) {
+            entry.group = self.group.as_ref().map(|(id, _)| id.clone());
+            let uid = self.key.workload_uid.clone();
             record_and_queue(&self.shared, outbox, &self.pipeline_uid, self.key, entry);
+            if let Some((id, grouping)) = &self.group {
+                lock(grouping).groups.queued(id, &uid);
+                outbox.notify.notify_one();
+            }
         }
     }
+}
+
+/// With `groupBy: Owner`: books workload `w` in its owner's change: rolling out, finished with an
+/// event to send (`report`: the change's id, the tag of that event), or neither any more. None:
+/// its event, if any, goes on its own (no owner).
+fn join_change(
+    grouping: &Mutex<Grouping>,
+    outbox: &Outbox<DeploymentEvent>,
+    w: &WorkloadView,
+    report: bool,
+) -> Option<String> {
+    let owner = owners(&w.labels, &w.annotations)
+        .first()
+        .map(group::owner_key)?;
+    let (now, stamp) = (Instant::now(), Timestamp::now().as_millisecond());
+    let mut g = lock(grouping);
+    if report {
+        return g.groups.finished(&owner, &w.uid, now, stamp);
+    }
+    match w.progress() {
+        Progress::InProgress => g.groups.rolling(&owner, &w.uid, &w.reference(), now, stamp),
+        // A pause is not an end: a member stays one until it finishes or the change's wait ends.
+        Progress::Paused => {}
+        Progress::Complete | Progress::Failed | Progress::Aborted => {
+            if g.groups.stopped(&w.uid) {
+                outbox.notify.notify_one();
+            }
+        }
+    }
+    None
 }
 
 /// Records an event as pending and queues it at once. The pending write and the send race: a

@@ -104,6 +104,7 @@ impl Brain {
             }
             drop(a);
             h.selection = sel.ok();
+            h.configure_grouping();
             self.maybe_test_event(&uid);
             return (uid, true);
         }
@@ -149,7 +150,9 @@ impl Brain {
             warm: Arc::new(Notify::new()),
             tasks: Vec::new(),
             deposed: None,
+            grouping: Arc::default(),
         };
+        handle.configure_grouping();
         if self.leading {
             handle.start(&self.shared, self.catch_up_at.is_some());
         }
@@ -230,6 +233,7 @@ impl Brain {
             reported_outcome: None,
             test: Some(value),
             alert: None,
+            group: None,
         };
         record_and_queue(&self.shared, &h.outbox, pipeline_uid, key, entry);
     }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::domain::alerts;
 use crate::domain::channel::{Channel, Payload};
 use crate::domain::digest::Intent;
+use crate::domain::group;
 use crate::domain::ledger::{Entry, RolloutKey};
 use crate::domain::pacing::{backoff, later, retry_wait};
 use crate::domain::status::{Problem, Reason};
@@ -31,6 +32,7 @@ impl<P: Payload> Sender<P> {
             key,
             result,
             waited,
+            group,
         } = done;
         for (k, _) in &batch {
             d.in_flight.remove(k);
@@ -44,6 +46,9 @@ impl<P: Payload> Sender<P> {
                 }
                 d.failures = 0;
                 d.rejected = None;
+                if let Some(id) = &group {
+                    lock(&self.grouping).groups.sent(id);
+                }
                 self.finished(batch, "sent");
                 self.delivered(batch, alert).await;
                 self.set_problem(None).await;
@@ -123,6 +128,9 @@ impl<P: Payload> Sender<P> {
                 let names: Vec<&str> = batch.iter().map(|(_, e)| e.workload.as_str()).collect();
                 let message = format!("{e}; not retried: {}", names.join(", "));
                 warn!(pipeline = %self.name(), error = %message, "event rejected");
+                if let Some(id) = &group {
+                    lock(&self.grouping).groups.sent(id);
+                }
                 self.finished(batch, "failed");
                 self.tests_rejected(batch, &e.to_string()).await;
                 {
@@ -208,6 +216,12 @@ impl<P: Payload> Sender<P> {
                 last.workload,
                 last_key.revision,
                 outcome.as_str()
+            )
+        } else if let Some(id) = &last.group {
+            format!(
+                "Reported {} rollouts of {} to ilert as one change",
+                batch.len(),
+                group::owner_of(id)
             )
         } else {
             format!(

@@ -12,17 +12,20 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::warn;
 
 use crate::domain::alerts;
-use crate::domain::channel::{Channel, Payload};
+use crate::domain::channel::{Channel, Payload, Request};
 use crate::domain::digest::Digest;
+use crate::domain::group::Closing;
 use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::pacing::{Budget, Plan};
+use crate::domain::payload::MAX_COMBINED;
 use crate::domain::status::{Problem, Stats};
 use crate::metrics::PipelineLabels;
 use crate::pipeline::IlertPipelineSpec;
 use crate::shell::ilert::{IntegrationKey, SendError};
-use crate::shell::outbox::{Outbox, QueuedEvent};
+use crate::shell::outbox::{Grouping, Outbox, QueuedEvent};
 use crate::shell::shared::{Shared, lock};
 use crate::shell::supervisor::Ended;
 
@@ -51,6 +54,8 @@ pub(crate) struct Done {
     pub(crate) result: Result<(), SendError>,
     /// How long each event of the batch waited from being queued to ilert's answer.
     pub(crate) waited: Vec<Duration>,
+    /// The change the batch reported (`spec.groupBy: Owner`).
+    pub(crate) group: Option<String>,
 }
 
 /// Delivers one pipeline's events: key from the Secret, pacing per key, combining, retries, up to
@@ -72,6 +77,8 @@ pub(crate) struct Sender<P> {
     pub(crate) warm: Arc<Notify>,
     /// Deliveries since the channel's last Normal Event.
     pub(crate) digest: Arc<Mutex<Digest>>,
+    /// The pipeline's changes under way: events of an open one wait for the rest of it.
+    pub(crate) grouping: Arc<Mutex<Grouping>>,
 }
 
 /// The key ilert rejected, and when to try it once more anyway.
@@ -102,10 +109,12 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    pub(crate) fn sendable<P>(&self, item: &QueuedEvent<P>) -> bool {
+    /// `open`: the changes whose events still wait for the rest of them.
+    pub(crate) fn sendable<P>(&self, item: &QueuedEvent<P>, open: &HashSet<String>) -> bool {
         !item.held
             && !self.in_flight.contains(&item.key)
             && !self.busy_workloads.contains(&item.key.workload_uid)
+            && item.entry.group.as_ref().is_none_or(|g| !open.contains(g))
     }
 }
 
@@ -162,11 +171,23 @@ impl<P: Payload> Sender<P> {
                 d.needs_read = true;
             }
             let spec = self.spec.borrow_and_update().clone();
+            let (mut open, closes_at) = {
+                let g = lock(&self.grouping);
+                let now = Instant::now();
+                (g.groups.open_ids(now), g.groups.next_close(now))
+            };
             let (waiting, sendable) = {
                 let q = lock(&self.outbox.queue);
+                // A change with a member inherited from a previous leader waits for it too.
+                open.extend(
+                    q.items
+                        .iter()
+                        .filter(|i| i.held)
+                        .filter_map(|i| i.entry.group.clone()),
+                );
                 (
                     q.items.len(),
-                    q.items.iter().filter(|i| d.sendable(i)).count(),
+                    q.items.iter().filter(|i| d.sendable(i, &open)).count(),
                 )
             };
             if P::CHANNEL == Channel::Deployments {
@@ -229,6 +250,8 @@ impl<P: Payload> Sender<P> {
                     _ = tokio::time::sleep_until(resume.unwrap_or(now)), if resume.is_some() => {
                         d.resume_at = None;
                     }
+                    // A change closes: its events may go.
+                    _ = tokio::time::sleep_until(closes_at.unwrap_or(now)), if closes_at.is_some() => {}
                 }
                 continue;
             }
@@ -253,15 +276,49 @@ impl<P: Payload> Sender<P> {
                 }
                 Plan::Send(n) => n,
             };
-            let picked: Vec<QueuedEvent<P>> = lock(&self.outbox.queue)
-                .items
-                .iter()
-                .filter(|i| d.sendable(i))
-                .take(n)
-                .cloned()
-                .collect();
+            // One request is one closed change, whole, or events outside any change.
+            let picked: Vec<QueuedEvent<P>> = {
+                let q = lock(&self.outbox.queue);
+                let group = q
+                    .items
+                    .iter()
+                    .find(|i| d.sendable(i, &open))
+                    .and_then(|i| i.entry.group.clone());
+                let limit = if group.is_some() { MAX_COMBINED } else { n };
+                q.items
+                    .iter()
+                    .filter(|i| d.sendable(i, &open) && i.entry.group == group)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            };
+            let group = picked.first().and_then(|i| i.entry.group.clone());
+            let (unfinished, templates) = match &group {
+                Some(id) => {
+                    let g = lock(&self.grouping);
+                    (g.groups.unfinished(id), g.templates.clone())
+                }
+                None => (Vec::new(), None),
+            };
+            let closing = group.as_ref().map(|_| Closing {
+                unfinished: &unfinished,
+                templates: templates.as_deref(),
+            });
             let payloads: Vec<P> = picked.iter().map(|i| i.payload.clone()).collect();
-            let (take, body) = P::request(&payloads, &self.shared.cfg.cluster_name, key.expose());
+            let Request {
+                take,
+                body,
+                warnings,
+            } = P::request(
+                &payloads,
+                closing.as_ref(),
+                &self.shared.cfg.cluster_name,
+                key.expose(),
+            );
+            if !warnings.is_empty() {
+                let note = warnings.join("; ");
+                warn!(pipeline = %self.name(), problem = %note, "part of the event of a change did not render and was left out");
+            }
             let picked = &picked[..take];
             if picked.is_empty() {
                 continue;
@@ -311,6 +368,7 @@ impl<P: Payload> Sender<P> {
                     key,
                     result,
                     waited,
+                    group,
                 }
             });
         }
@@ -350,6 +408,7 @@ pub(crate) fn outcome_entries(batch: &[(RolloutKey, Entry)], state: State) -> Ba
                     reported_outcome: e.reported_outcome,
                     test: e.test.clone(),
                     alert: None,
+                    group: None,
                 },
             )
         })
