@@ -85,13 +85,17 @@ async fn metrics_agree_with_what_ilert_received() {
 
 #[tokio::test]
 async fn two_replicas_one_sends_and_the_standby_takes_over_without_loss() {
-    let mut w = World::new("failover", true, None, &["--rate-limit-per-minute", "1000"]).await;
-    let mut b = Controller::start_named(
-        &w.ns.name,
-        &w.ilert,
-        &["--rate-limit-per-minute", "1000"],
-        "b",
-    );
+    // Events the dead leader may have had on the wire wait out its ilert time-out (+1 s) after
+    // the takeover: 2 s here, so the takeover, lease expiry included, stays within 10 s whether
+    // or not the kill left such events (with the default 10 s it took 15 s when it did).
+    let args = [
+        "--rate-limit-per-minute",
+        "1000",
+        "--ilert-timeout-seconds",
+        "2",
+    ];
+    let mut w = World::new("failover", true, None, &args).await;
+    let mut b = Controller::start_named(&w.ns.name, &w.ilert, &args, "b");
     b.wait_ready().await;
     // A slow ilert keeps requests in flight while the leader dies.
     w.ilert.set_delay(Duration::from_millis(150));
