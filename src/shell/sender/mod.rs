@@ -178,11 +178,12 @@ impl<P: Payload> Sender<P> {
             };
             let (waiting, sendable) = {
                 let q = lock(&self.outbox.queue);
-                // A change with a member inherited from a previous leader waits for it too.
+                // A change goes whole: one with a member inherited from a previous leader, or whose
+                // workload has an earlier event on the wire, waits for it.
                 open.extend(
                     q.items
                         .iter()
-                        .filter(|i| i.held)
+                        .filter(|i| i.entry.group.is_some() && !d.sendable(i, &HashSet::new()))
                         .filter_map(|i| i.entry.group.clone()),
                 );
                 (
