@@ -182,28 +182,39 @@ async fn pending_members(w: &World) -> usize {
         .count()
 }
 
-/// A label no node has yet: the worker's pods wait for it, its rollout is held.
-fn held(ns: &str) -> (String, String) {
-    let label = format!("hold-{ns}");
-    (
-        format!("workloads.worker.nodeSelector.{label}=open"),
-        format!("{label}=open"),
-    )
+/// The node every held worker pod may go to once it carries the test's label.
+const NODE: &str = "kwok-node-1";
+
+/// Installs the release (one event), then upgrades all three with the worker's pods waiting for
+/// a label no node has yet (`hold-<ns>`): api and web roll out, the worker's rollout is held.
+/// Returns when the upgrade was started.
+async fn install_then_upgrade_holding_the_worker(w: &World) -> std::time::Instant {
+    let ns = &w.ns.name;
+    release(ns, &images("nginx:1.25", "nginx:1.25", "busybox:1.36")).await;
+    all_complete(w, "1").await;
+    w.ilert.wait_accepted(1, EVENT_WAIT).await;
+    let mut sets = images("nginx:1.26", "nginx:1.26", "busybox:1.37");
+    sets.push(format!("workloads.worker.nodeSelector.hold-{ns}=open"));
+    let started = std::time::Instant::now();
+    release(ns, &sets).await;
+    started
+}
+
+/// Lets the held worker's pods run (`on`), or takes the label off the node again.
+async fn hold_released(ns: &str, on: bool) {
+    let label = if on {
+        format!("hold-{ns}=open")
+    } else {
+        format!("hold-{ns}-")
+    };
+    kubectl(&["label", "node", NODE, &label, "--overwrite"]).await;
 }
 
 #[tokio::test]
 async fn a_kill_in_the_middle_of_a_change_neither_loses_a_member_nor_sends_it_twice() {
     let mut w = World::new("groups-kill", true, Some(grouped(json!({}))), &[]).await;
-    let ns = w.ns.name.clone();
-    release(&ns, &images("nginx:1.25", "nginx:1.25", "busybox:1.36")).await;
-    all_complete(&w, "1").await;
-    w.ilert.wait_accepted(1, EVENT_WAIT).await;
-
     // api and web finish; the worker waits for a node.
-    let (set, node_label) = held(&ns);
-    let mut sets = images("nginx:1.26", "nginx:1.26", "busybox:1.37");
-    sets.push(set);
-    release(&ns, &sets).await;
+    install_then_upgrade_holding_the_worker(&w).await;
     wait_revision_complete(&w.deployments, "api", "2").await;
     wait_revision_complete(&w.deployments, "web", "2").await;
     eventually(
@@ -224,7 +235,7 @@ async fn a_kill_in_the_middle_of_a_change_neither_loses_a_member_nor_sends_it_tw
     // Held past the window after the restart: the worker still rolls out.
     assert_no_more_than(&w.ilert, 1, Duration::from_secs(8)).await;
 
-    kubectl(&["label", "node", "kwok-node-1", &node_label, "--overwrite"]).await;
+    hold_released(&w.ns.name, true).await;
     wait_revision_complete(&w.deployments, "worker", "2").await;
     let got = w.ilert.wait_accepted(2, EVENT_WAIT).await;
     eprintln!(
@@ -234,8 +245,7 @@ async fn a_kill_in_the_middle_of_a_change_neither_loses_a_member_nor_sends_it_tw
     assert_eq!(members(&got[1]), all("2", "Completed"));
     assert_no_more_than(&w.ilert, 2, Duration::from_secs(8)).await;
     assert_eq!(pending_members(&w).await, 0);
-    let label_off = format!("{}-", node_label.split('=').next().unwrap());
-    kubectl(&["label", "node", "kwok-node-1", &label_off]).await;
+    hold_released(&w.ns.name, false).await;
     w.ilert.assert_schema_valid();
 }
 
@@ -244,15 +254,7 @@ async fn the_longest_wait_reports_what_finished_and_names_what_did_not() {
     let spec = grouped(json!({"groupWindowSeconds": 2, "groupMaxWaitSeconds": 12}));
     let w = World::new("groups-wait", true, Some(spec), &[]).await;
     let ns = w.ns.name.clone();
-    release(&ns, &images("nginx:1.25", "nginx:1.25", "busybox:1.36")).await;
-    all_complete(&w, "1").await;
-    w.ilert.wait_accepted(1, EVENT_WAIT).await;
-
-    let (set, node_label) = held(&ns);
-    let mut sets = images("nginx:1.26", "nginx:1.26", "busybox:1.37");
-    sets.push(set);
-    let started = std::time::Instant::now();
-    release(&ns, &sets).await;
+    let started = install_then_upgrade_holding_the_worker(&w).await;
     let got = w.ilert.wait_accepted(2, Duration::from_secs(40)).await;
     let waited = started.elapsed();
     let capped = &got[1];
@@ -280,12 +282,11 @@ async fn the_longest_wait_reports_what_finished_and_names_what_did_not() {
     );
 
     // The worker finishes later: reported then, on its own.
-    kubectl(&["label", "node", "kwok-node-1", &node_label, "--overwrite"]).await;
+    hold_released(&ns, true).await;
     wait_revision_complete(&w.deployments, "worker", "2").await;
     let got = w.ilert.wait_accepted(3, EVENT_WAIT).await;
     assert_eq!(got[2]["customDetails"]["name"], "worker", "{:#}", got[2]);
     assert_eq!(got[2]["customDetails"]["revision"], "2");
     assert_no_more_than(&w.ilert, 3, Duration::from_secs(5)).await;
-    let label_off = format!("{}-", node_label.split('=').next().unwrap());
-    kubectl(&["label", "node", "kwok-node-1", &label_off]).await;
+    hold_released(&ns, false).await;
 }
