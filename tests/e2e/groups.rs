@@ -21,44 +21,30 @@ fn grouped(extra: Value) -> Value {
     spec
 }
 
-/// `helm <args> -n ns`, awaited (a blocking call would stall the fake ilert on this runtime).
-async fn helm(ns: &str, args: &[&str]) {
-    let out = tokio::process::Command::new(tool("helm"))
+/// `name` (kubectl or helm of the control plane) with `args`, awaited: a blocking call would
+/// stall the fake ilert on this runtime. Panics with its output unless it succeeds.
+async fn tool_run(name: &str, args: &[&str]) {
+    let out = tokio::process::Command::new(tool(name))
         .args(args)
-        .args(["-n", ns])
         .output()
         .await
-        .expect("helm");
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert!(
         out.status.success(),
-        "helm {} failed: {}{}",
+        "{name} {} failed: {}{}",
         args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-async fn kubectl(args: &[&str]) {
-    let out = tokio::process::Command::new(tool("kubectl"))
-        .args(args)
-        .output()
-        .await
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `helm upgrade --install shop` with these `--set` values.
 async fn release(ns: &str, sets: &[String]) {
-    let mut args = vec!["upgrade", "--install", "shop", CHART];
+    let mut args = vec!["upgrade", "--install", "shop", CHART, "-n", ns];
     for s in sets {
         args.extend(["--set", s.as_str()]);
     }
-    helm(ns, &args).await;
+    tool_run("helm", &args).await;
 }
 
 fn images(api: &str, web: &str, worker: &str) -> Vec<String> {
@@ -207,7 +193,7 @@ async fn hold_released(ns: &str, on: bool) {
     } else {
         format!("hold-{ns}-")
     };
-    kubectl(&["label", "node", NODE, &label, "--overwrite"]).await;
+    tool_run("kubectl", &["label", "node", NODE, &label, "--overwrite"]).await;
 }
 
 #[tokio::test]
