@@ -320,9 +320,14 @@ async fn patch_shard(
             let f = lock_fence(fence);
             (f.epoch, f.versions.get(&name).cloned())
         };
-        let mut patch = json!({ "data": data });
+        // `managedFields: [{}]` resets the shard's field ownership, so that it names only what
+        // this patch changed. Left alone, the API server lists every data key the controller ever
+        // wrote there (a shard of 300 entries carries ~15 KiB of it): stored, counted against
+        // the object's size, and sent back with every answer, even one asked for as metadata.
+        // Nothing reads the ownership of a shard: the controller is its only writer.
+        let mut patch = json!({ "data": data, "metadata": { "managedFields": [{}] } });
         if let Some(rv) = &version {
-            patch["metadata"] = json!({ "resourceVersion": rv });
+            patch["metadata"]["resourceVersion"] = json!(rv);
         }
         if !deposed {
             patch["metadata"]["annotations"] = json!({ EPOCH_ANNOTATION: epoch.to_string() });

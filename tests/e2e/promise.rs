@@ -419,6 +419,89 @@ async fn wait_all_named(w: &World, names: &[String]) -> Tally {
     .await
 }
 
+/// The data keys a ConfigMap's managedFields name as owned (`f:data.f:<key>`, not the map
+/// itself, `.`), over all managers.
+fn owned_data_keys(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Vec<String> {
+    cm.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.fields_v1.as_ref()?.0.get("f:data")?.as_object())
+        .flat_map(|data| {
+            data.keys()
+                .filter_map(|k| k.strip_prefix("f:").map(String::from))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ledger_shard_names_as_owned_only_what_its_last_write_changed() {
+    // 48 workloads in 16 shards: some shard holds at least three entries.
+    let w = World::new(
+        "ownership",
+        true,
+        None,
+        &["--rate-limit-per-minute", "1000"],
+    )
+    .await;
+    let names: Vec<String> = (0..48).map(|i| format!("own-{i:02}")).collect();
+    for n in &names {
+        apply(&w.deployments, n, &deployment(n, "nginx:1.25", 1)).await;
+    }
+    wait_all_named(&w, &names).await;
+    let settled = || async {
+        let (pending, _, _) = stored_pending(&w.client, &w.ns.name).await;
+        (pending == 0).then_some(())
+    };
+    eventually(Duration::from_secs(20), "no pending entry", settled).await;
+    let fullest = ledger_maps(&w.client, &w.ns.name)
+        .await
+        .into_iter()
+        .max_by_key(|c| c.data.as_ref().map_or(0, |d| d.len()))
+        .expect("ledger shards");
+    let shard = fullest.metadata.name.clone().unwrap();
+    let uid = fullest
+        .data
+        .as_ref()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let uid = uid.split('.').next().unwrap().to_string();
+    let name = w
+        .deployments
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|d| d.metadata.uid.as_deref() == Some(&uid))
+        .and_then(|d| d.metadata.name)
+        .expect("the workload of a ledger key");
+    // One more rollout: its pending and sent writes are the shard's last.
+    apply(&w.deployments, &name, &deployment(&name, "nginx:1.26", 1)).await;
+    let events = w.ilert.wait_accepted(names.len() + 1, EVENT_WAIT).await;
+    assert_eq!(
+        events.last().unwrap()["customDetails"]["name"],
+        name.as_str()
+    );
+    eventually(Duration::from_secs(20), "no pending entry", settled).await;
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(w.client.clone(), &w.ns.name);
+    let cm = api.get(&shard).await.unwrap();
+    let held = cm.data.as_ref().map_or(0, |d| d.len());
+    let owned = owned_data_keys(&cm);
+    eprintln!("shard {shard}: {held} entries, managedFields name {owned:?}");
+    assert!(held >= 3, "{shard} holds {held} entries");
+    // What the API server stores, counts against the object's size and sends back with every
+    // answer must not grow with the entries: only the last write's own keys.
+    assert!(
+        owned.len() <= 2 && owned.iter().all(|k| k.starts_with(&uid)),
+        "{shard} holds {held} entries and its managedFields name {owned:?}"
+    );
+}
+
 #[tokio::test]
 async fn pending_events_past_one_configmap_are_all_kept_and_a_full_ledger_says_so() {
     // 600 events of ~30 KiB while suspended: ~18 MB, more than 1 MiB in every shard.
