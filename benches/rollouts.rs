@@ -231,6 +231,32 @@ async fn kube_requests(controller: &Controller) -> HashMap<String, f64> {
 async fn run(n: usize) -> Row {
     let client = client().await;
     install_crd(&client).await;
+    // Each N alone: the namespace of the N before is deleted in the background, and its
+    // thousands of Deployments and ReplicaSets would still be watched (and deleted under the
+    // controller) during this one.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let t = Instant::now();
+    eventually(
+        Duration::from_secs(1800),
+        "the namespaces of earlier benchmark runs gone",
+        || async {
+            let list = namespaces.list(&Default::default()).await.ok()?;
+            let left = list.items.iter().any(|n| {
+                n.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("bench-"))
+            });
+            (!left).then_some(())
+        },
+    )
+    .await;
+    if t.elapsed() > Duration::from_secs(2) {
+        eprintln!(
+            "[bench N={n}] waited {:.0} s for the earlier namespaces to be deleted",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let ns = TestNamespace::new(&client, &format!("bench-{n}")).await;
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let names: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();

@@ -14,8 +14,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, DaemonSetSpec, DaemonSetStatus, Deployment, DeploymentSpec,
-    DeploymentStatus, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus, StatefulSet, StatefulSetSpec,
-    StatefulSetStatus,
+    DeploymentStatus, ReplicaSet, ReplicaSetSpec, StatefulSet, StatefulSetSpec, StatefulSetStatus,
 };
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -301,28 +300,49 @@ impl LeanShape for Deployment {
     }
 }
 
+/// A ReplicaSet as its view reads it: which workload controls it, its revision annotations, when
+/// it was made and its images. Its status, labels and managedFields are skipped: most of a
+/// burst's ReplicaSet events are status updates, and none of them changes the view.
 impl LeanShape for ReplicaSet {
     fn read<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Shape {
-            metadata: LeanMeta,
+            metadata: Meta,
             spec: Option<Spec>,
-            status: Option<ReplicaSetStatus>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: Option<String>,
+            namespace: Option<String>,
+            uid: Option<String>,
+            resource_version: Option<String>,
+            annotations: Option<BTreeMap<String, String>>,
+            owner_references: Option<Vec<OwnerReference>>,
+            creation_timestamp: Option<Time>,
         }
         #[derive(Deserialize)]
         struct Spec {
-            replicas: Option<i32>,
             template: Option<LeanTemplate>,
         }
         let s = Shape::deserialize(d)?;
+        let m = s.metadata;
         Ok(ReplicaSet {
-            metadata: s.metadata.into(),
+            metadata: ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                annotations: m.annotations,
+                owner_references: m.owner_references,
+                creation_timestamp: m.creation_timestamp,
+                ..Default::default()
+            },
             spec: s.spec.map(|spec| ReplicaSetSpec {
-                replicas: spec.replicas,
                 template: spec.template.map(Into::into),
                 ..Default::default()
             }),
-            status: s.status,
+            status: None,
         })
     }
 }
