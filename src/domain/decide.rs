@@ -165,13 +165,13 @@ pub fn pending(
     let Shaping { cluster, templates } = shaping;
     let rollout = Rollout::new(w, finished, history, now);
     let (event, warnings) = report::deployment_event(&rollout, cluster, templates);
-    let entry = |event, alert| Entry {
+    let entry = |event: Option<_>, alert: Option<_>| Entry {
         state: State::Pending,
         workload: w.reference(),
-        event,
+        event: event.map(Box::new),
         reported_outcome: Some(rollout.outcome),
         test: None,
-        alert,
+        alert: alert.map(Box::new),
         group: None,
     };
     let alert = alert.map(|(action, priority)| {

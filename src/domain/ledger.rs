@@ -34,7 +34,7 @@ pub struct Entry {
     pub workload: String,
     /// The event to send, while pending.
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<DeploymentEvent>,
+    pub event: Option<Box<DeploymentEvent>>,
     /// The outcome as reported (RolledBack refines Completed).
     #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
     pub reported_outcome: Option<Outcome>,
@@ -43,7 +43,7 @@ pub struct Entry {
     pub test: Option<String>,
     /// In an alerts ledger: the alert or resolve to send, while pending.
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub alert: Option<AlertEvent>,
+    pub alert: Option<Box<AlertEvent>>,
     /// While pending, with `groupBy: Owner`: the change it belongs to (`domain::group`); its
     /// event goes out with the rest of that change.
     #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]

@@ -152,7 +152,7 @@ mod tests {
         Entry {
             state: State::Pending,
             workload: "Deployment/shop/web".into(),
-            event,
+            event: event.map(Box::new),
             reported_outcome: None,
             test: None,
             alert: None,

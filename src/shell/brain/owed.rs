@@ -210,7 +210,10 @@ impl Brain {
             event: None,
             reported_outcome: None,
             test: None,
-            alert: Some(alerts::gone_event(&workload, &self.shared.cfg.cluster_name)),
+            alert: Some(Box::new(alerts::gone_event(
+                &workload,
+                &self.shared.cfg.cluster_name,
+            ))),
             group: None,
         };
         self.shared

@@ -224,12 +224,12 @@ impl Brain {
         let entry = Entry {
             state: State::Pending,
             workload: format!("IlertPipeline/{pipeline}"),
-            event: Some(report::test_event(
+            event: Some(Box::new(report::test_event(
                 &pipeline,
                 &self.shared.cfg.cluster_name,
                 &value,
                 Timestamp::now(),
-            )),
+            ))),
             reported_outcome: None,
             test: Some(value),
             alert: None,
