@@ -242,10 +242,11 @@ async fn run(n: usize) -> Row {
         || async {
             let list = namespaces.list(&Default::default()).await.ok()?;
             let left = list.items.iter().any(|n| {
-                n.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|s| s.starts_with("bench-"))
+                // `bench-<N>-<random>`; the peer's own `bench-peer` stays.
+                n.metadata.name.as_deref().is_some_and(|s| {
+                    s.strip_prefix("bench-")
+                        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+                })
             });
             (!left).then_some(())
         },
