@@ -320,11 +320,11 @@ async fn patch_shard(
             let f = lock_fence(fence);
             (f.epoch, f.versions.get(&name).cloned())
         };
-        // `managedFields: [{}]` resets the shard's field ownership, so that it names only what
-        // this patch changed. Left alone, the API server lists every data key the controller ever
-        // wrote there (a shard of 300 entries carries ~15 KiB of it): stored, counted against
-        // the object's size, and sent back with every answer, even one asked for as metadata.
-        // Nothing reads the ownership of a shard: the controller is its only writer.
+        // `managedFields: [{}]` resets the shard's field ownership (the API server then keeps
+        // none for it). Left alone, it lists every data key the controller ever wrote there (a
+        // shard of 300 entries carries ~15 KiB of it): stored, counted against the object's
+        // size, and sent back with every answer, even one asked for as metadata. Nothing reads
+        // the ownership of a shard: the controller is its only writer.
         let mut patch = json!({ "data": data, "metadata": { "managedFields": [{}] } });
         if let Some(rv) = &version {
             patch["metadata"]["resourceVersion"] = json!(rv);
