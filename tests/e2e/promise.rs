@@ -4,7 +4,7 @@
 //! instances split by `--pipeline-selector` that never repeat or forget each other's events.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 
 use crate::*;
 
@@ -421,7 +421,7 @@ async fn wait_all_named(w: &World, names: &[String]) -> Tally {
 
 /// The data keys a ConfigMap's managedFields name as owned (`f:data.f:<key>`, not the map
 /// itself, `.`), over all managers.
-fn owned_data_keys(cm: &k8s_openapi::api::core::v1::ConfigMap) -> Vec<String> {
+fn owned_data_keys(cm: &ConfigMap) -> Vec<String> {
     cm.metadata
         .managed_fields
         .iter()
@@ -487,8 +487,7 @@ async fn a_ledger_shard_names_as_owned_only_what_its_last_write_changed() {
         name.as_str()
     );
     eventually(Duration::from_secs(20), "no pending entry", settled).await;
-    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(w.client.clone(), &w.ns.name);
+    let api: Api<ConfigMap> = Api::namespaced(w.client.clone(), &w.ns.name);
     let cm = api.get(&shard).await.unwrap();
     let held = cm.data.as_ref().map_or(0, |d| d.len());
     let owned = owned_data_keys(&cm);
