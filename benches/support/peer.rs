@@ -187,13 +187,11 @@ impl Peer {
         peer
     }
 
-    /// Messages about `namespace` so far, and how many of them say a rollout finished.
-    pub fn messages(&self, namespace: &str) -> (usize, usize) {
+    /// Messages about `namespaces` so far, and how many of them say a rollout finished.
+    pub fn messages(&self, namespaces: &[String]) -> (usize, usize) {
         let h = self.hook.lock().unwrap();
-        (
-            h.messages.get(namespace).copied().unwrap_or(0),
-            h.finished.get(namespace).copied().unwrap_or(0),
-        )
+        let sum = |m: &HashMap<String, usize>| namespaces.iter().filter_map(|n| m.get(n)).sum();
+        (sum(&h.messages), sum(&h.finished))
     }
 
     /// Waits until no message arrived for `quiet` (kubewatch posts one at a time).
