@@ -146,7 +146,12 @@ impl<V: OwnedView> OwnedCache<V> {
             let owned = map.entry(owner.to_string()).or_default();
             match owned.iter_mut().find(|v| v.same(&view)) {
                 Some(known) => *known = view,
-                None => owned.push(view),
+                None => {
+                    // Exactly as many as there are: a Vec's first growth makes room for four, and
+                    // most workloads have one or two (each view ~150 bytes).
+                    owned.reserve_exact(1);
+                    owned.push(view);
+                }
             }
         }
     }

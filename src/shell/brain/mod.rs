@@ -41,11 +41,13 @@ use crate::shell::watch::{Input, Watch, project, watch_all, watch_optional};
 /// The decision loop's state: compact workload views, namespace labels, pipelines.
 pub(crate) struct Brain {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) workloads: HashMap<String, WorkloadView>,
+    /// Boxed: a table entry is a key and a pointer, so the table's spare slots cost 32 bytes
+    /// each rather than a whole view's 400 (at 10,000 workloads, about 16,384 slots).
+    pub(crate) workloads: HashMap<String, Box<WorkloadView>>,
     pub(crate) namespaces: HashMap<String, BTreeMap<String, String>>,
     pub(crate) pipelines: HashMap<String, PipelineHandle>,
     /// Per kind: the list in progress.
-    pub(crate) relist_workloads: HashMap<Kind, Relist<HashMap<String, WorkloadView>>>,
+    pub(crate) relist_workloads: HashMap<Kind, Relist<HashMap<String, Box<WorkloadView>>>>,
     pub(crate) relist_namespaces: Relist<HashMap<String, BTreeMap<String, String>>>,
     pub(crate) relist_pipelines: Relist<HashSet<String>>,
     pub(crate) replica_sets: OwnedCache<ReplicaSetView>,
@@ -359,7 +361,7 @@ impl Brain {
                 let view = self.with_revision(view);
                 if let Some(r) = self.relist_workloads.get_mut(&kind) {
                     r.add(|m| {
-                        m.insert(view.uid.clone(), view);
+                        m.insert(view.uid.clone(), Box::new(view));
                     });
                 }
             }
@@ -384,7 +386,8 @@ impl Brain {
                         )
                         .collect();
                     for uid in rollouts {
-                        self.workload_refs.set(&uid, self.workloads.get(&uid));
+                        self.workload_refs
+                            .set(&uid, self.workloads.get(&uid).map(|w| &**w));
                     }
                 }
                 for uid in gone {
@@ -398,7 +401,7 @@ impl Brain {
             Step::Applied(view) => {
                 let view = self.with_revision(view);
                 let uid = view.uid.clone();
-                self.workloads.insert(uid.clone(), view);
+                self.workloads.insert(uid.clone(), Box::new(view));
                 if self.all_synced() {
                     self.evaluate_workload(&uid, "workload");
                 }
@@ -410,7 +413,7 @@ impl Brain {
                 let view = self.with_revision(view);
                 let uid = view.uid.clone();
                 // Its last state may hold a finished rollout not yet seen.
-                self.workloads.insert(uid.clone(), view);
+                self.workloads.insert(uid.clone(), Box::new(view));
                 if self.all_synced() {
                     self.evaluate_workload(&uid, "workload");
                 }
@@ -448,7 +451,7 @@ impl Brain {
     fn workload_ref_changed(&mut self, rollout_uid: &str) {
         let changed = self
             .workload_refs
-            .set(rollout_uid, self.workloads.get(rollout_uid));
+            .set(rollout_uid, self.workloads.get(rollout_uid).map(|w| &**w));
         if changed.is_empty() || !self.all_synced() {
             return;
         }
