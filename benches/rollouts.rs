@@ -186,6 +186,8 @@ struct PeerRow {
     messages_per_rollout: f64,
     /// Of its messages about the burst, how many say that a rollout finished.
     finished_messages: usize,
+    /// Posts it logged as failed during the burst (messages it could not deliver).
+    failed_posts: usize,
 }
 
 /// Upper bounds (ms) of the buckets holding the 50th and 99th percentile of the controller's
@@ -383,6 +385,7 @@ async fn run(n: usize) -> Row {
             cpu_seconds(p.pid),
             p.messages(&run_names).0,
             peer::audit_requests(false),
+            p.failed_posts().0,
         )
     });
     let profile = Profile::start(pid, n);
@@ -451,11 +454,12 @@ async fn run(n: usize) -> Row {
     let (internal_p50, internal_p99) = internal_delay(&controller).await;
     drop(controller);
     let peer = match (peer, peer_before, peer_rss_idle) {
-        (Some(p), Some((cpu0, m0, a0)), Some(rss_idle_mib)) => {
+        (Some(p), Some((cpu0, m0, a0, f0)), Some(rss_idle_mib)) => {
             // kubewatch posts one message at a time: it is done when it has been quiet a while.
             p.settle(Duration::from_secs(5), Duration::from_secs(600))
                 .await;
             let (m1, finished) = p.messages(&run_names);
+            let (failed, first_failure) = p.failed_posts();
             let row = PeerRow {
                 rss_idle_mib,
                 rss_peak_mib: proc_field(p.pid, "VmHWM:") as f64 / 1024.0,
@@ -463,7 +467,14 @@ async fn run(n: usize) -> Row {
                 kube_per_rollout: (peer::audit_requests(false) - a0) as f64 / n as f64,
                 messages_per_rollout: (m1 - m0) as f64 / n as f64,
                 finished_messages: finished,
+                failed_posts: failed - f0,
             };
+            if let Some(e) = first_failure.filter(|_| failed > f0) {
+                eprintln!(
+                    "[bench N={n}] kubewatch: {} posts failed during the burst; the first: {e}",
+                    failed - f0
+                );
+            }
             eprintln!(
                 "[bench N={n}] kubewatch: {} messages about the burst, {finished} saying a rollout finished",
                 m1 - m0
@@ -562,17 +573,17 @@ fn write_report(rows: &[Row]) {
             .unwrap_or_default()
     );
     let mut side = String::from(
-        "Side by side with kubewatch (same control plane, same Deployments, same run; kubewatch posting every Deployment change to a local webhook):\n\n| N | tool | RSS idle / peak (MiB) | CPU s per 1,000 rollouts | API requests per rollout | messages per rollout | messages saying a rollout finished |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "Side by side with kubewatch (same control plane, same Deployments, same run; kubewatch posting every Deployment change to a local webhook):\n\n| N | tool | RSS idle / peak (MiB) | CPU s per 1,000 rollouts | API requests per rollout | messages per rollout | messages saying a rollout finished | posts that failed |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut targets = String::new();
     for r in rows {
         let Some(p) = &r.peer else { continue };
         side.push_str(&format!(
-            "| {} | this controller | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} of {} |\n| {} | kubewatch | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} |\n",
+            "| {} | this controller | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} of {} | retried until answered |\n| {} | kubewatch | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
             r.n, r.rss_idle_mib, r.rss_peak_mib, r.cpu_per_1000, r.kube_per_rollout,
             r.requests as f64 / r.n as f64, r.requests, r.requests,
             r.n, p.rss_idle_mib, p.rss_peak_mib, p.cpu_per_1000, p.kube_per_rollout,
-            p.messages_per_rollout, p.finished_messages,
+            p.messages_per_rollout, p.finished_messages, p.failed_posts,
         ));
         let met = |ok: bool| if ok { "met" } else { "NOT met" };
         targets.push_str(&format!(

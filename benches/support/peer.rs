@@ -36,7 +36,7 @@ pub struct Peer {
     child: Child,
     pub pid: u32,
     pub hook: Arc<Mutex<Hook>>,
-    _dir: PathBuf,
+    dir: PathBuf,
 }
 
 impl Drop for Peer {
@@ -166,7 +166,8 @@ impl Peer {
             .env("KW_CONFIG", &dir)
             .env("KUBECONFIG", &kubeconfig)
             .env("LISTEN_ADDRESS", "127.0.0.1:0")
-            .env("LOG_LEVEL", "warn")
+            // Info: kubewatch logs a failed post at info level only (`logrus.Printf`).
+            .env("LOG_LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -176,7 +177,7 @@ impl Peer {
             child,
             pid,
             hook,
-            _dir: dir,
+            dir,
         };
         eventually(
             Duration::from_secs(120),
@@ -192,6 +193,18 @@ impl Peer {
         let h = self.hook.lock().unwrap();
         let sum = |m: &HashMap<String, usize>| namespaces.iter().filter_map(|n| m.get(n)).sum();
         (sum(&h.messages), sum(&h.finished))
+    }
+
+    /// The posts kubewatch logged as failed so far, and the first such error. It never closes a
+    /// response body, so each message holds a connection and a local port open for good: past
+    /// some 20,000 messages it can no longer connect, and says so only in its log.
+    pub fn failed_posts(&self) -> (usize, Option<String>) {
+        let log = std::fs::read_to_string(self.dir.join("kubewatch.log")).unwrap_or_default();
+        let failed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("msg=\"Post \\\""))
+            .collect();
+        (failed.len(), failed.first().map(|l| l.to_string()))
     }
 
     /// Waits until no message arrived for `quiet` (kubewatch posts one at a time).
