@@ -196,8 +196,8 @@ impl Peer {
     }
 
     /// The posts kubewatch logged as failed so far, and the first such error. It never closes a
-    /// response body, so each message holds a connection and a local port open for good: past
-    /// some 20,000 messages it can no longer connect, and says so only in its log.
+    /// response body, so each message keeps a socket open for good: past its descriptor limit
+    /// (20,000 on the benchmark machine) it can no longer connect, and says so only in its log.
     pub fn failed_posts(&self) -> (usize, Option<String>) {
         let log = std::fs::read_to_string(self.dir.join("kubewatch.log")).unwrap_or_default();
         let failed: Vec<&str> = log
