@@ -218,7 +218,6 @@ impl Cluster {
                     .sets
                     .iter()
                     .map(|(name, revision)| ReplicaSetView {
-                        uid: name.clone(),
                         name: name.as_str().into(),
                         owner: Some(w.uid.clone()),
                         revision: Some(*revision),

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::domain::ledger::{Decision, Entry, RolloutKey, State, Times, decide};
 use crate::domain::rollout::Outcome;
+use crate::domain::uid::Uid;
 
 /// Every ledger ConfigMap is named `ilert-ledger-<ledger>-<shard>[-p<page>]`.
 pub const NAME_PREFIX: &str = "ilert-ledger-";
@@ -273,10 +274,10 @@ impl Book {
     pub fn of_workload<'a>(
         &'a self,
         pipeline: &str,
-        workload_uid: &'a str,
+        workload_uid: &'a Uid,
     ) -> impl Iterator<Item = (&'a RolloutKey, &'a Entry)> + 'a {
         let from = RolloutKey {
-            workload_uid: workload_uid.to_string(),
+            workload_uid: workload_uid.clone(),
             revision: 0,
             outcome: Outcome::Completed,
         };
@@ -284,12 +285,12 @@ impl Book {
             .get(pipeline)
             .into_iter()
             .flat_map(move |m| m.range(from.clone()..))
-            .take_while(move |(k, _)| k.workload_uid == workload_uid)
+            .take_while(move |(k, _)| k.workload_uid == *workload_uid)
     }
 
     /// The workloads a ledger holds entries for.
-    pub fn workloads_of(&self, pipeline: &str) -> Vec<String> {
-        let mut uids: Vec<String> = self
+    pub fn workloads_of(&self, pipeline: &str) -> Vec<Uid> {
+        let mut uids: Vec<Uid> = self
             .entries
             .get(pipeline)
             .into_iter()
@@ -397,7 +398,7 @@ impl Book {
     }
 
     /// Drops sent and failed entries of workloads that are not `alive`.
-    pub fn prune(&mut self, pipeline: &str, alive: &dyn Fn(&str) -> bool) -> Writes {
+    pub fn prune(&mut self, pipeline: &str, alive: &dyn Fn(&Uid) -> bool) -> Writes {
         let mut writes = Writes::new();
         let occ = &mut self.occupancy;
         let Some(map) = self.entries.get_mut(pipeline) else {

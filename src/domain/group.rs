@@ -22,6 +22,7 @@ use crate::domain::report;
 use crate::domain::rollout::Outcome;
 use crate::domain::template::Templates;
 use crate::domain::text::{on_cluster, truncate};
+use crate::domain::uid::Uid;
 use crate::pipeline::{
     DEFAULT_GROUP_MAX_WAIT_SECONDS, DEFAULT_GROUP_WINDOW_SECONDS, GroupBy, IlertPipelineSpec,
 };
@@ -83,9 +84,9 @@ struct Group {
     first: Instant,
     last: Instant,
     /// Members rolling out: uid -> `Kind/namespace/name`.
-    rolling: BTreeMap<String, String>,
+    rolling: BTreeMap<Uid, String>,
     /// Members that finished and whose event is being built (not queued yet).
-    building: BTreeSet<String>,
+    building: BTreeSet<Uid>,
 }
 
 impl Group {
@@ -187,7 +188,7 @@ impl Groups {
 
     /// Workload `uid` (`reference`) of `owner` rolls out: it joins its owner's change.
     /// Seen again while it rolls out, nothing changes.
-    pub fn rolling(&mut self, owner: &str, uid: &str, reference: &str, now: Instant, stamp: i64) {
+    pub fn rolling(&mut self, owner: &str, uid: &Uid, reference: &str, now: Instant, stamp: i64) {
         let Some(p) = self.policy else { return };
         if let Some(id) = self.accepting(&p, owner, now)
             && self.groups[&id].rolling.contains_key(uid)
@@ -197,14 +198,14 @@ impl Groups {
         self.stopped(uid);
         let id = self.join(&p, owner, now, stamp);
         let g = self.groups.get_mut(&id).expect("joined");
-        g.rolling.insert(uid.to_string(), reference.to_string());
+        g.rolling.insert(uid.clone(), reference.to_string());
         g.last = g.last.max(now);
     }
 
     /// Workload `uid` of `owner` finished a rollout it reports: the id of the change its event
     /// belongs to (the tag of its ledger entry), held open until [`Groups::queued`]. None without
     /// a policy.
-    pub fn finished(&mut self, owner: &str, uid: &str, now: Instant, stamp: i64) -> Option<String> {
+    pub fn finished(&mut self, owner: &str, uid: &Uid, now: Instant, stamp: i64) -> Option<String> {
         let p = self.policy?;
         let joined = self
             .accepting(&p, owner, now)
@@ -221,12 +222,12 @@ impl Groups {
         };
         let g = self.groups.get_mut(&id).expect("joined");
         g.rolling.remove(uid);
-        g.building.insert(uid.to_string());
+        g.building.insert(uid.clone());
         Some(id)
     }
 
     /// The event of member `uid` of group `id` is queued.
-    pub fn queued(&mut self, id: &str, uid: &str) {
+    pub fn queued(&mut self, id: &str, uid: &Uid) {
         if let Some(g) = self.groups.get_mut(id) {
             g.building.remove(uid);
         }
@@ -235,7 +236,7 @@ impl Groups {
     /// Workload `uid` no longer rolls out with nothing to report (its rollout was known, it was
     /// deleted, or the pipeline no longer selects it). Returns whether a group changed: it may
     /// close sooner.
-    pub fn stopped(&mut self, uid: &str) -> bool {
+    pub fn stopped(&mut self, uid: &Uid) -> bool {
         let mut changed = false;
         for g in self.groups.values_mut() {
             changed |= g.rolling.remove(uid).is_some();

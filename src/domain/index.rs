@@ -7,25 +7,26 @@ use kube::runtime::watcher::Event;
 
 use crate::domain::history::{ReplicaSetView, RevisionView, resolve_replica_set, resolve_revision};
 use crate::domain::rollout::WorkloadView;
+use crate::domain::uid::Uid;
 
 /// A view of an object that a workload controls: a ReplicaSet, a ControllerRevision.
 pub trait OwnedView {
-    fn owner(&self) -> Option<&str>;
+    fn owner(&self) -> Option<&Uid>;
     fn same(&self, other: &Self) -> bool;
 }
 
 impl OwnedView for ReplicaSetView {
-    fn owner(&self) -> Option<&str> {
-        self.owner.as_deref()
+    fn owner(&self) -> Option<&Uid> {
+        self.owner.as_ref()
     }
     fn same(&self, other: &Self) -> bool {
-        self.uid == other.uid
+        self.name == other.name
     }
 }
 
 impl OwnedView for RevisionView {
-    fn owner(&self) -> Option<&str> {
-        self.owner.as_deref()
+    fn owner(&self) -> Option<&Uid> {
+        self.owner.as_ref()
     }
     fn same(&self, other: &Self) -> bool {
         self.name == other.name
@@ -37,7 +38,7 @@ pub enum Applied {
     /// A (re-)list is complete.
     Synced,
     /// The objects of this owner changed.
-    Owner(String),
+    Owner(Uid),
     Nothing,
 }
 
@@ -90,8 +91,8 @@ impl<T: Default> Relist<T> {
 /// Views of owned objects by the UID of the workload that controls them (a few each: a Vec, not
 /// a map), kept from a watch so the history of a rollout needs no list.
 pub struct OwnedCache<V> {
-    by_owner: HashMap<String, Vec<V>>,
-    relist: Relist<HashMap<String, Vec<V>>>,
+    by_owner: HashMap<Uid, Vec<V>>,
+    relist: Relist<HashMap<Uid, Vec<V>>>,
 }
 
 impl<V> Default for OwnedCache<V> {
@@ -104,7 +105,7 @@ impl<V> Default for OwnedCache<V> {
 }
 
 impl<V: OwnedView> OwnedCache<V> {
-    pub fn get(&self, owner: &str) -> &[V] {
+    pub fn get(&self, owner: &Uid) -> &[V] {
         self.by_owner.get(owner).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -119,7 +120,7 @@ impl<V: OwnedView> OwnedCache<V> {
                 self.by_owner = fresh;
                 Applied::Synced
             }
-            Step::Applied(view) => match view.owner().map(str::to_string) {
+            Step::Applied(view) => match view.owner().cloned() {
                 Some(owner) => {
                     Self::insert(&mut self.by_owner, view);
                     Applied::Owner(owner)
@@ -127,7 +128,7 @@ impl<V: OwnedView> OwnedCache<V> {
                 None => Applied::Nothing,
             },
             Step::Deleted(view) => {
-                let Some(owner) = view.owner().map(str::to_string) else {
+                let Some(owner) = view.owner().cloned() else {
                     return Applied::Nothing;
                 };
                 if let Some(m) = self.by_owner.get_mut(&owner) {
@@ -141,9 +142,9 @@ impl<V: OwnedView> OwnedCache<V> {
         }
     }
 
-    pub fn insert(map: &mut HashMap<String, Vec<V>>, view: V) {
+    pub fn insert(map: &mut HashMap<Uid, Vec<V>>, view: V) {
         if let Some(owner) = view.owner() {
-            let owned = map.entry(owner.to_string()).or_default();
+            let owned = map.entry(owner.clone()).or_default();
             match owned.iter_mut().find(|v| v.same(&view)) {
                 Some(known) => *known = view,
                 None => {
@@ -163,7 +164,7 @@ impl<V: OwnedView> OwnedCache<V> {
 #[derive(Default)]
 pub struct WorkloadRefs {
     /// Rollout UID -> `namespace/name` of the Deployment it references.
-    by_rollout: HashMap<String, String>,
+    by_rollout: HashMap<Uid, String>,
     /// `namespace/name` -> how many Rollouts reference it.
     referenced: HashMap<String, usize>,
 }
@@ -175,13 +176,13 @@ impl WorkloadRefs {
 
     /// Records what the Rollout `w` references now (None: nothing, or it is gone). Returns the
     /// Deployments whose standing changed (`namespace/name`).
-    pub fn set(&mut self, rollout_uid: &str, w: Option<&WorkloadView>) -> Vec<String> {
+    pub fn set(&mut self, rollout_uid: &Uid, w: Option<&WorkloadView>) -> Vec<String> {
         let now = w.and_then(|w| {
             let name = w.argo.as_deref()?.workload_ref.as_deref()?;
             Some(Self::key(&w.namespace, name))
         });
         let before = match &now {
-            Some(k) => self.by_rollout.insert(rollout_uid.to_string(), k.clone()),
+            Some(k) => self.by_rollout.insert(rollout_uid.clone(), k.clone()),
             None => self.by_rollout.remove(rollout_uid),
         };
         if before == now {
@@ -237,9 +238,9 @@ pub fn resolve_owned(
 mod tests {
     use super::*;
 
-    fn rs(uid: &str, owner: &str) -> ReplicaSetView {
+    fn rs(name: &str, owner: &str) -> ReplicaSetView {
         ReplicaSetView {
-            uid: uid.into(),
+            name: name.into(),
             owner: Some(owner.into()),
             ..ReplicaSetView::default()
         }
@@ -252,7 +253,7 @@ mod tests {
         let mut cache = OwnedCache::<ReplicaSetView>::default();
         assert!(matches!(
             cache.apply(Event::Apply(rs("a", "w1"))),
-            Applied::Owner(o) if o == "w1"
+            Applied::Owner(o) if o == *"w1"
         ));
         assert!(matches!(
             cache.apply(Event::Apply(rs("b", "w2"))),
@@ -264,15 +265,15 @@ mod tests {
             Applied::Nothing
         ));
         // Mid-list, the old state still answers.
-        assert_eq!(cache.get("w2").len(), 1);
+        assert_eq!(cache.get(&Uid::new("w2")).len(), 1);
         assert!(matches!(cache.apply(Event::InitDone), Applied::Synced));
-        assert_eq!(cache.get("w1").len(), 1);
-        assert!(cache.get("w2").is_empty(), "deleted while away");
+        assert_eq!(cache.get(&Uid::new("w1")).len(), 1);
+        assert!(cache.get(&Uid::new("w2")).is_empty(), "deleted while away");
         // An object seen again replaces its older view, a delete removes it.
         cache.apply(Event::Apply(rs("a", "w1")));
-        assert_eq!(cache.get("w1").len(), 1);
+        assert_eq!(cache.get(&Uid::new("w1")).len(), 1);
         cache.apply(Event::Delete(rs("a", "w1")));
-        assert!(cache.get("w1").is_empty());
+        assert!(cache.get(&Uid::new("w1")).is_empty());
     }
 
     #[test]
@@ -298,21 +299,27 @@ mod tests {
         let mut refs = WorkloadRefs::default();
         assert!(!refs.runs(&web));
         let a = view(Kind::Rollout, "web-rollout", Some("web"));
-        assert_eq!(refs.set("a", Some(&a)), vec!["shop/web".to_string()]);
+        assert_eq!(
+            refs.set(&Uid::new("a"), Some(&a)),
+            vec!["shop/web".to_string()]
+        );
         assert!(refs.runs(&web));
         // Seen again unchanged: nothing to re-decide.
-        assert!(refs.set("a", Some(&a)).is_empty());
+        assert!(refs.set(&Uid::new("a"), Some(&a)).is_empty());
         let b = view(Kind::Rollout, "web-too", Some("web"));
-        refs.set("b", Some(&b));
-        refs.set("a", None);
+        refs.set(&Uid::new("b"), Some(&b));
+        refs.set(&Uid::new("a"), None);
         assert!(refs.runs(&web), "still referenced by b");
         assert_eq!(
-            refs.set("b", Some(&view(Kind::Rollout, "web-too", None))),
+            refs.set(&Uid::new("b"), Some(&view(Kind::Rollout, "web-too", None))),
             vec!["shop/web".to_string()]
         );
         assert!(!refs.runs(&web));
         // A Rollout is never taken for the Deployment it names.
-        refs.set("c", Some(&view(Kind::Rollout, "web", Some("web"))));
+        refs.set(
+            &Uid::new("c"),
+            Some(&view(Kind::Rollout, "web", Some("web"))),
+        );
         assert!(!refs.runs(&view(Kind::Rollout, "web", Some("web"))));
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::payload::{AlertEvent, DeploymentEvent};
 use crate::domain::rollout::{Finished, Outcome};
+use crate::domain::uid::Uid;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -53,15 +54,15 @@ pub struct Entry {
 /// Identity of one rollout outcome of one workload.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RolloutKey {
-    pub workload_uid: String,
+    pub workload_uid: Uid,
     pub revision: u64,
     pub outcome: Outcome,
 }
 
 impl RolloutKey {
-    pub fn new(workload_uid: &str, finished: &Finished) -> Self {
+    pub fn new(workload_uid: &Uid, finished: &Finished) -> Self {
         RolloutKey {
-            workload_uid: workload_uid.to_string(),
+            workload_uid: workload_uid.clone(),
             revision: finished.revision,
             outcome: finished.outcome,
         }
@@ -73,7 +74,7 @@ impl RolloutKey {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         value.hash(&mut h);
         RolloutKey {
-            workload_uid: format!("test-event-{:016x}", h.finish()),
+            workload_uid: Uid::from(format!("test-event-{:016x}", h.finish())),
             revision: 0,
             outcome: Outcome::Completed,
         }
@@ -93,7 +94,7 @@ impl RolloutKey {
         let outcome = Outcome::parse(parts.next()?)?;
         let revision = parts.next()?.parse().ok()?;
         Some(RolloutKey {
-            workload_uid: parts.next()?.to_string(),
+            workload_uid: Uid::new(parts.next()?),
             revision,
             outcome,
         })
@@ -101,8 +102,7 @@ impl RolloutKey {
 
     pub fn shard(&self) -> char {
         self.workload_uid
-            .chars()
-            .next()
+            .first_char()
             .filter(char::is_ascii_hexdigit)
             .unwrap_or('0')
             .to_ascii_lowercase()
@@ -134,9 +134,9 @@ pub struct Times {
 
 /// The key under which a workload first seen mid-rollout is remembered (revision 0 is never a
 /// real revision): its next finished rollout is reported, not taken for the baseline.
-pub fn seen_mid_rollout(workload_uid: &str) -> RolloutKey {
+pub fn seen_mid_rollout(workload_uid: &Uid) -> RolloutKey {
     RolloutKey {
-        workload_uid: workload_uid.to_string(),
+        workload_uid: workload_uid.clone(),
         revision: 0,
         outcome: Outcome::Completed,
     }
@@ -180,7 +180,7 @@ pub fn decide<'a>(
 /// One sight of a workload's current state, as a pipeline sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Sight<'a> {
-    pub workload_uid: &'a str,
+    pub workload_uid: &'a Uid,
     /// The finished rollout the object shows; None while it rolls out (or is held).
     pub finished: Option<Finished>,
     pub workload_created: Option<Timestamp>,
@@ -204,7 +204,7 @@ pub enum Verdict {
 pub fn judge<'a>(known: impl IntoIterator<Item = &'a RolloutKey>, sight: &Sight) -> Verdict {
     let known: Vec<&RolloutKey> = known
         .into_iter()
-        .filter(|k| k.workload_uid == sight.workload_uid)
+        .filter(|k| k.workload_uid == *sight.workload_uid)
         .collect();
     let older_workload = sight
         .workload_created

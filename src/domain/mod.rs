@@ -24,3 +24,4 @@ pub mod selection;
 pub mod status;
 pub mod template;
 pub mod text;
+pub mod uid;

@@ -16,6 +16,7 @@ use crate::domain::keys::{
     REVISION_ANNOTATION,
 };
 use crate::domain::pairs::Pairs;
+use crate::domain::uid::Uid;
 pub use crate::pipeline::Kind;
 
 /// Kept annotation values are cut to this many characters.
@@ -91,7 +92,7 @@ pub struct WorkloadView {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
-    pub uid: String,
+    pub uid: Uid,
     pub labels: Pairs,
     /// Only the revision, change-cause, `ilert.com/*`, owner (Helm, Argo CD) and commit annotations.
     pub annotations: Pairs,
@@ -155,7 +156,7 @@ impl WorkloadView {
             kind,
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
-            uid: meta.uid.clone().unwrap_or_default(),
+            uid: meta.uid.as_deref().map(Uid::new).unwrap_or_default(),
             labels: meta.labels.clone().unwrap_or_default().into(),
             annotations: meta
                 .annotations
@@ -590,12 +591,12 @@ pub fn images(template: &PodTemplateSpec) -> Pairs {
 }
 
 /// UID of the object's controller (its owner reference with `controller: true`).
-pub fn controller_uid(meta: &ObjectMeta) -> Option<String> {
+pub fn controller_uid(meta: &ObjectMeta) -> Option<Uid> {
     meta.owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.clone())
+        .map(|o| Uid::new(&o.uid))
 }
 
 /// The field manager that last changed `spec.template` and when, from managedFields: `kubectl`,

@@ -15,6 +15,7 @@ use crate::domain::alerts;
 use crate::domain::payload::DeploymentEvent;
 use crate::domain::selection::Selection;
 use crate::domain::status::Stats;
+use crate::domain::uid::Uid;
 use crate::pipeline::{IlertPipelineSpec, IlertPipelineStatus};
 use crate::shell::outbox::{Grouping, Outbox};
 use crate::shell::sender::Sender;
@@ -37,7 +38,7 @@ pub(crate) struct PipelineHandle {
     pub(crate) created: Timestamp,
     pub(crate) spec_tx: watch::Sender<IlertPipelineSpec>,
     pub(crate) selection: Option<Selection>,
-    pub(crate) selected: HashSet<String>,
+    pub(crate) selected: HashSet<Uid>,
     pub(crate) outbox: Arc<Outbox<DeploymentEvent>>,
     pub(crate) stats: Arc<Mutex<Stats>>,
     /// Alerts and resolves (`spec.alerts`): their own queue, ledger and counters.

@@ -21,6 +21,7 @@ use crate::domain::keys::{
     CONTROLLER_NAME, EPOCH_ANNOTATION, MANAGED_BY_LABEL, PIPELINE_UID_LABEL,
 };
 use crate::domain::ledger::RolloutKey;
+use crate::domain::uid::Uid;
 
 /// Writes waiting for one shard (pipeline uid, shard digit): while one patch is on the wire, later
 /// writes gather here and go out together in the next patch (group commit). Under a burst this
@@ -150,7 +151,7 @@ impl Ledger {
     }
 
     /// Drops sent and failed entries of workloads that no longer exist.
-    pub fn prune(&self, pipeline: &str, alive: &dyn Fn(&str) -> bool) -> usize {
+    pub fn prune(&self, pipeline: &str, alive: &dyn Fn(&Uid) -> bool) -> usize {
         self.change(pipeline, |b| {
             let writes = b.prune(pipeline, alive);
             (writes.values().map(serde_json::Map::len).sum(), writes)
@@ -158,7 +159,7 @@ impl Ledger {
     }
 
     /// A workload was deleted: its delivered entries go at once, without waiting for a re-list.
-    pub fn forget_workload(&self, pipeline: &str, workload_uid: &str) -> usize {
+    pub fn forget_workload(&self, pipeline: &str, workload_uid: &Uid) -> usize {
         self.prune(pipeline, &|w| w != workload_uid)
     }
 

@@ -115,7 +115,7 @@ fn baseline_from_what_the_status_says_at_first_sight() {
     assert_eq!(decide([], &r1, set), Decision::Baseline);
     // First seen mid-rollout: remembered at revision 0, so its end is reported, however
     // long ago its template changed.
-    let seen = seen_mid_rollout("s");
+    let seen = seen_mid_rollout(&Uid::new("s"));
     assert_eq!(decide([&seen], &r1, set), Decision::Report);
     // After a recorded baseline, the next revision is reported.
     assert_eq!(

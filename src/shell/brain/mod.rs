@@ -29,6 +29,7 @@ use crate::domain::index::{Applied, OwnedCache, Relist, Step, WorkloadRefs, reso
 use crate::domain::keys::CONTROLLER_NAME;
 use crate::domain::pacing::backoff;
 use crate::domain::rollout::{Kind, WorkloadView};
+use crate::domain::uid::Uid;
 use crate::metrics::{Failure, Metrics};
 use crate::pipeline::IlertPipeline;
 use crate::shell::handle::PipelineHandle;
@@ -43,11 +44,11 @@ pub(crate) struct Brain {
     pub(crate) shared: Arc<Shared>,
     /// Boxed: a table entry is a key and a pointer, so the table's spare slots cost 32 bytes
     /// each rather than a whole view's 400 (at 10,000 workloads, about 16,384 slots).
-    pub(crate) workloads: HashMap<String, Box<WorkloadView>>,
+    pub(crate) workloads: HashMap<Uid, Box<WorkloadView>>,
     pub(crate) namespaces: HashMap<String, BTreeMap<String, String>>,
     pub(crate) pipelines: HashMap<String, PipelineHandle>,
     /// Per kind: the list in progress.
-    pub(crate) relist_workloads: HashMap<Kind, Relist<HashMap<String, Box<WorkloadView>>>>,
+    pub(crate) relist_workloads: HashMap<Kind, Relist<HashMap<Uid, Box<WorkloadView>>>>,
     pub(crate) relist_namespaces: Relist<HashMap<String, BTreeMap<String, String>>>,
     pub(crate) relist_pipelines: Relist<HashSet<String>>,
     pub(crate) replica_sets: OwnedCache<ReplicaSetView>,
@@ -366,7 +367,7 @@ impl Brain {
                 }
             }
             Step::Listed(fresh) => {
-                let gone: Vec<String> = self
+                let gone: Vec<Uid> = self
                     .workloads
                     .iter()
                     .filter(|(k, w)| w.kind == kind && !fresh.contains_key(*k))
@@ -375,7 +376,7 @@ impl Brain {
                 self.workloads.retain(|_, w| w.kind != kind);
                 self.workloads.extend(fresh);
                 if kind == Kind::Rollout {
-                    let rollouts: Vec<String> = gone
+                    let rollouts: Vec<Uid> = gone
                         .iter()
                         .cloned()
                         .chain(
@@ -387,7 +388,7 @@ impl Brain {
                         .collect();
                     for uid in rollouts {
                         self.workload_refs
-                            .set(&uid, self.workloads.get(&uid).map(|w| &**w));
+                            .set(&uid, self.workloads.get(&uid).map(Box::as_ref));
                     }
                 }
                 for uid in gone {
@@ -401,7 +402,7 @@ impl Brain {
             Step::Applied(view) => {
                 let view = self.with_revision(view);
                 let uid = view.uid.clone();
-                self.workloads.insert(uid.clone(), Box::new(view));
+                self.keep_workload(view);
                 if self.all_synced() {
                     self.evaluate_workload(&uid, "workload");
                 }
@@ -413,7 +414,7 @@ impl Brain {
                 let view = self.with_revision(view);
                 let uid = view.uid.clone();
                 // Its last state may hold a finished rollout not yet seen.
-                self.workloads.insert(uid.clone(), Box::new(view));
+                self.keep_workload(view);
                 if self.all_synced() {
                     self.evaluate_workload(&uid, "workload");
                 }
@@ -446,16 +447,28 @@ impl Brain {
         }
     }
 
+    /// Keeps a workload's newest view, in the allocation of the one before where there is one
+    /// (most events of a rollout are status updates of a workload already known).
+    fn keep_workload(&mut self, view: WorkloadView) {
+        match self.workloads.get_mut(&view.uid) {
+            Some(known) => **known = view,
+            None => {
+                self.workloads.insert(view.uid.clone(), Box::new(view));
+            }
+        }
+    }
+
     /// A Rollout changed or went: the Deployment its `spec.workloadRef` names (before or now) is
     /// decided again, so that it leaves (or rejoins) the pipelines' selection at once.
-    fn workload_ref_changed(&mut self, rollout_uid: &str) {
-        let changed = self
-            .workload_refs
-            .set(rollout_uid, self.workloads.get(rollout_uid).map(|w| &**w));
+    fn workload_ref_changed(&mut self, rollout_uid: &Uid) {
+        let changed = self.workload_refs.set(
+            rollout_uid,
+            self.workloads.get(rollout_uid).map(Box::as_ref),
+        );
         if changed.is_empty() || !self.all_synced() {
             return;
         }
-        let uids: Vec<String> = self
+        let uids: Vec<Uid> = self
             .workloads
             .values()
             .filter(|w| {
@@ -486,7 +499,7 @@ impl Brain {
                 if self.namespaces.get(&name) != Some(&labels) {
                     self.namespaces.insert(name.clone(), labels);
                     if self.all_synced() {
-                        let uids: Vec<String> = self
+                        let uids: Vec<Uid> = self
                             .workloads
                             .values()
                             .filter(|w| w.namespace == name)
@@ -601,7 +614,7 @@ impl Brain {
         // Workloads deleted while unseen (controller down, watch re-listed) resolve their open
         // alerts before pruning forgets that they had one.
         for uid in &uids {
-            let gone: Vec<String> = ledger
+            let gone: Vec<Uid> = ledger
                 .read(|b| b.workloads_of(&alerts::ledger_id(uid)))
                 .into_iter()
                 .filter(|w| !self.workloads.contains_key(w))
@@ -611,7 +624,7 @@ impl Brain {
             }
         }
         for uid in uids.iter().flat_map(|u| [u.clone(), alerts::ledger_id(u)]) {
-            let alive = |w: &str| self.workloads.contains_key(w);
+            let alive = |w: &Uid| self.workloads.contains_key(w);
             let n = ledger.prune(&uid, &alive);
             if n > 0 {
                 debug!(pipeline_uid = %uid, pruned = n, "pruning delivery state of deleted workloads");

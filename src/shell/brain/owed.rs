@@ -22,6 +22,7 @@ use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::payload::DeploymentEvent;
 use crate::domain::rollout::{Finished, Outcome, Progress, WorkloadView};
 use crate::domain::template::Templates;
+use crate::domain::uid::Uid;
 use crate::pipeline::AlertPriority;
 use crate::shell::brain::Brain;
 use crate::shell::events::template_warnings;
@@ -32,7 +33,7 @@ impl Brain {
     /// A pipeline changed: re-decide every workload for it (O(workloads), on pipeline changes only).
     /// `trigger` names why, for the decisions metric.
     pub(crate) fn evaluate_pipeline(&mut self, pipeline_uid: &str, trigger: &str) {
-        let uids: Vec<String> = self.workloads.keys().cloned().collect();
+        let uids: Vec<Uid> = self.workloads.keys().cloned().collect();
         self.shared.metrics.decided(trigger, uids.len());
         for uid in uids {
             self.evaluate_one(pipeline_uid, &uid);
@@ -45,7 +46,7 @@ impl Brain {
     }
 
     /// A workload changed: work in proportion to the number of pipelines.
-    pub(crate) fn evaluate_workload(&mut self, workload_uid: &str, trigger: &str) {
+    pub(crate) fn evaluate_workload(&mut self, workload_uid: &Uid, trigger: &str) {
         let started = std::time::Instant::now();
         self.shared.metrics.reconciles.inc();
         self.shared
@@ -71,7 +72,7 @@ impl Brain {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    pub(crate) fn evaluate_one(&mut self, pipeline_uid: &str, workload_uid: &str) {
+    pub(crate) fn evaluate_one(&mut self, pipeline_uid: &str, workload_uid: &Uid) {
         let Some(w) = self.workloads.get(workload_uid) else {
             return;
         };
@@ -91,7 +92,7 @@ impl Brain {
             }
             return;
         }
-        h.selected.insert(workload_uid.to_string());
+        h.selected.insert(workload_uid.clone());
         if !self.leading {
             return;
         }
@@ -175,7 +176,7 @@ impl Brain {
 
     /// A workload that is gone resolves the alert it left open in a pipeline (`spec.alerts`):
     /// no later rollout will.
-    pub(crate) fn resolve_gone(&self, pipeline_uid: &str, workload_uid: &str) {
+    pub(crate) fn resolve_gone(&self, pipeline_uid: &str, workload_uid: &Uid) {
         if !self.leading {
             return;
         }
@@ -191,7 +192,7 @@ impl Brain {
         }
         let ledger_id = alerts::ledger_id(pipeline_uid);
         let key = RolloutKey {
-            workload_uid: workload_uid.to_string(),
+            workload_uid: workload_uid.clone(),
             revision: alerts::GONE_REVISION,
             outcome: Outcome::Completed,
         };

@@ -22,6 +22,7 @@ use crate::domain::ledger::{Entry, RolloutKey, State};
 use crate::domain::pacing::{Budget, Plan};
 use crate::domain::payload::MAX_COMBINED;
 use crate::domain::status::{Problem, Stats};
+use crate::domain::uid::Uid;
 use crate::metrics::PipelineLabels;
 use crate::pipeline::IlertPipelineSpec;
 use crate::shell::ilert::{IntegrationKey, SendError};
@@ -92,7 +93,7 @@ pub(crate) struct Rejected {
 #[derive(Default)]
 pub(crate) struct Delivery {
     pub(crate) in_flight: HashSet<RolloutKey>,
-    pub(crate) busy_workloads: HashSet<String>,
+    pub(crate) busy_workloads: HashSet<Uid>,
     /// Consecutive rounds ilert was unavailable: while > 0, one request at a time probes it.
     pub(crate) failures: u32,
     pub(crate) secret_failures: u32,
