@@ -158,6 +158,9 @@ struct Row {
     n: usize,
     ready_s: f64,
     rss_idle_mib: f64,
+    /// Of the idle figure: anonymous (heap, stacks) and file-backed (the binary's code).
+    rss_idle_anon_mib: f64,
+    rss_idle_file_mib: f64,
     rss_peak_mib: f64,
     p50: f64,
     p95: f64,
@@ -348,6 +351,8 @@ async fn run(n: usize) -> Row {
     let pid = controller.pid().expect("pid");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_idle_mib = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let rss_idle_anon_mib = proc_field(pid, "RssAnon:") as f64 / 1024.0;
+    let rss_idle_file_mib = proc_field(pid, "RssFile:") as f64 / 1024.0;
     let peer_rss_idle = peer
         .as_ref()
         .map(|p| proc_field(p.pid, "VmRSS:") as f64 / 1024.0);
@@ -488,6 +493,8 @@ async fn run(n: usize) -> Row {
         n,
         ready_s,
         rss_idle_mib,
+        rss_idle_anon_mib,
+        rss_idle_file_mib,
         rss_peak_mib,
         p50: percentile(&delays, 50.0),
         p95: percentile(&delays, 95.0),
@@ -523,14 +530,16 @@ async fn main() {
 /// Prints the table and writes report.md and results.json to target/bench/.
 fn write_report(rows: &[Row]) {
     let mut table = String::from(
-        "| N | ready (s) | RSS idle (MiB) | RSS peak (MiB) | added delay p50 / p95 / p99 / max (ms) | inside the controller p50 / p99 (ms, bucket bound) | CPU s per 1,000 rollouts | idle CPU s per hour | requests to ilert | API requests per rollout |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| N | ready (s) | RSS idle (MiB) | of it anonymous / file-backed (MiB) | RSS peak (MiB) | added delay p50 / p95 / p99 / max (ms) | inside the controller p50 / p99 (ms, bucket bound) | CPU s per 1,000 rollouts | idle CPU s per hour | requests to ilert | API requests per rollout |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         table.push_str(&format!(
-            "| {} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.1} | {} | {:.2} |\n",
+            "| {} | {:.2} | {:.1} | {:.1} / {:.1} | {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.1} | {} | {:.2} |\n",
             r.n,
             r.ready_s,
             r.rss_idle_mib,
+            r.rss_idle_anon_mib,
+            r.rss_idle_file_mib,
             r.rss_peak_mib,
             r.p50,
             r.p95,
@@ -628,6 +637,7 @@ fn write_report(rows: &[Row]) {
         "machine": machine,
         "rows": rows.iter().map(|r| json!({
             "n": r.n, "ready_s": r.ready_s, "rss_idle_mib": r.rss_idle_mib,
+            "rss_idle_anon_mib": r.rss_idle_anon_mib, "rss_idle_file_mib": r.rss_idle_file_mib,
             "rss_peak_mib": r.rss_peak_mib, "p50": r.p50, "p95": r.p95, "p99": r.p99, "max": r.max,
             "kube_per_rollout": r.kube_per_rollout, "delays_ms": r.delays_ms,
             "internal_p50_ms": r.internal_p50, "internal_p99_ms": r.internal_p99,

@@ -74,6 +74,22 @@ fn says_finished(text: &str) -> bool {
         .any(|w| t.contains(w))
 }
 
+/// The webhook's answer. By default 204 No Content: kubewatch never closes a response body, and
+/// Go's client hands a connection back to its pool only once the body is read; an answer without
+/// one is read at once, so kubewatch keeps one connection alive and delivers every message (its
+/// best case). `BENCH_PEER_ANSWER=ok` answers `ok` and closes the connection, as webhooks that
+/// answer with a body do: every message then leaves kubewatch a socket and two goroutines for
+/// good, and past its descriptor limit (20,000 on the benchmark machine) its posts fail at
+/// `socket()`, which costs it almost nothing, so its CPU figure is then that of part of the work.
+fn answer(with_body: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if with_body {
+        ([(axum::http::header::CONNECTION, "close")], "ok").into_response()
+    } else {
+        axum::http::StatusCode::NO_CONTENT.into_response()
+    }
+}
+
 /// The ServiceAccount kubewatch runs as, with read access to Deployments, and a kubeconfig with
 /// its token.
 async fn kubeconfig(client: &Client, dir: &std::path::Path) -> PathBuf {
@@ -116,6 +132,7 @@ impl Peer {
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = kubeconfig(client, &dir).await;
         let hook: Arc<Mutex<Hook>> = Arc::default();
+        let with_body = std::env::var("BENCH_PEER_ANSWER").is_ok_and(|v| v == "ok");
         let app = {
             let hook = hook.clone();
             axum::Router::new().fallback(axum::routing::post(
@@ -134,14 +151,7 @@ impl Peer {
                             .entry(meta["reason"].as_str().unwrap_or("").to_string())
                             .or_default() += 1;
                         h.last_at = Some(Instant::now());
-                        // No Content: kubewatch never closes a response body, and Go's client
-                        // hands a connection back to its pool only once the body is read. An
-                        // answer with no body is read at once, so kubewatch keeps one
-                        // connection alive and delivers every message. Any body ("ok") leaves a
-                        // socket open per message: past the descriptor limit (20,000 here) its
-                        // posts fail at `socket()`, which costs it almost nothing and made its
-                        // CPU figure at N >= 5,000 that of a peer doing part of its work.
-                        axum::http::StatusCode::NO_CONTENT
+                        answer(with_body)
                     }
                 },
             ))
