@@ -10,6 +10,10 @@ use crate::domain::rollout::WorkloadView;
 
 const SHOP: &str = "helm/Release/shop/shop";
 
+fn u(uid: &str) -> Uid {
+    Uid::new(uid)
+}
+
 fn policy(window: u64, max_wait: u64) -> Policy {
     Policy {
         window: Duration::from_secs(window),
@@ -54,47 +58,27 @@ fn the_policy_comes_from_the_spec_and_the_wait_is_never_shorter_than_the_window(
 fn a_change_goes_once_its_last_rollout_is_queued_and_the_window_since_the_last_start_passed() {
     let t0 = Instant::now();
     let mut g = groups(30, 900);
-    g.rolling(SHOP, &Uid::new("u-api"), "Deployment/shop/api", t0, 1);
-    g.rolling(
-        SHOP,
-        &Uid::new("u-web"),
-        "Deployment/shop/web",
-        t0 + s(1),
-        2,
-    );
-    g.rolling(
-        SHOP,
-        &Uid::new("u-worker"),
-        "Deployment/shop/worker",
-        t0 + s(2),
-        3,
-    );
+    g.rolling(SHOP, &u("u-api"), "Deployment/shop/api", t0, 1);
+    g.rolling(SHOP, &u("u-web"), "Deployment/shop/web", t0 + s(1), 2);
+    g.rolling(SHOP, &u("u-worker"), "Deployment/shop/worker", t0 + s(2), 3);
     // Seen again while rolling out: still the same change, its last start unchanged.
-    g.rolling(
-        SHOP,
-        &Uid::new("u-api"),
-        "Deployment/shop/api",
-        t0 + s(10),
-        4,
-    );
-    let api = g.finished(SHOP, &Uid::new("u-api"), t0 + s(5), 5).unwrap();
+    g.rolling(SHOP, &u("u-api"), "Deployment/shop/api", t0 + s(10), 4);
+    let api = g.finished(SHOP, &u("u-api"), t0 + s(5), 5).unwrap();
     assert_eq!(api, format!("{SHOP}@1"));
-    g.queued(&api, &Uid::new("u-api"));
-    let web = g.finished(SHOP, &Uid::new("u-web"), t0 + s(6), 6).unwrap();
-    g.queued(&web, &Uid::new("u-web"));
+    g.queued(&api, &u("u-api"));
+    let web = g.finished(SHOP, &u("u-web"), t0 + s(6), 6).unwrap();
+    g.queued(&web, &u("u-web"));
     assert_eq!(web, api);
     // Far past the window, one member still rolls out: held.
     assert!(g.holds(&api, t0 + s(120)));
     assert_eq!(g.next_close(t0 + s(120)), Some(t0 + s(900)));
-    let worker = g
-        .finished(SHOP, &Uid::new("u-worker"), t0 + s(200), 7)
-        .unwrap();
+    let worker = g.finished(SHOP, &u("u-worker"), t0 + s(200), 7).unwrap();
     assert_eq!(worker, api);
     // Its event is being built: held past the longest wait, though not for ever.
     assert!(g.holds(&api, t0 + s(950)));
     assert!(!g.holds(&api, t0 + s(960)));
     assert_eq!(g.next_close(t0 + s(200)), Some(t0 + s(960)));
-    g.queued(&api, &Uid::new("u-worker"));
+    g.queued(&api, &u("u-worker"));
     // Nothing rolls out, the last start was long ago: it goes.
     assert!(!g.holds(&api, t0 + s(200)));
     assert!(g.open_ids(t0 + s(200)).is_empty());
@@ -109,25 +93,23 @@ fn a_change_of_fast_rollouts_waits_the_window_after_its_last_start() {
     let t0 = Instant::now();
     let mut g = groups(30, 900);
     // Never seen rolling out (both finished between two sights).
-    let a = g.finished(SHOP, &Uid::new("u-api"), t0, 1).unwrap();
-    g.queued(&a, &Uid::new("u-api"));
+    let a = g.finished(SHOP, &u("u-api"), t0, 1).unwrap();
+    g.queued(&a, &u("u-api"));
     assert!(g.holds(&a, t0 + s(29)));
     assert_eq!(g.next_close(t0 + s(1)), Some(t0 + s(30)));
-    let b = g.finished(SHOP, &Uid::new("u-web"), t0 + s(20), 2).unwrap();
-    g.queued(&b, &Uid::new("u-web"));
+    let b = g.finished(SHOP, &u("u-web"), t0 + s(20), 2).unwrap();
+    g.queued(&b, &u("u-web"));
     assert_eq!(a, b, "started within the window: one change");
     assert!(g.holds(&a, t0 + s(49)));
     assert_eq!(g.next_close(t0 + s(21)), Some(t0 + s(50)));
     assert!(!g.holds(&a, t0 + s(50)));
     // Past the window: a change of its own.
-    let c = g
-        .finished(SHOP, &Uid::new("u-worker"), t0 + s(51), 3)
-        .unwrap();
+    let c = g.finished(SHOP, &u("u-worker"), t0 + s(51), 3).unwrap();
     assert_ne!(c, a);
     // Another owner is another change.
     let other = g.finished(
         "argocd/Application/argocd/billing",
-        &Uid::new("u-b"),
+        &u("u-b"),
         t0 + s(51),
         4,
     );
@@ -138,10 +120,10 @@ fn a_change_of_fast_rollouts_waits_the_window_after_its_last_start() {
 fn the_longest_wait_closes_a_change_and_names_what_did_not_finish() {
     let t0 = Instant::now();
     let mut g = groups(30, 600);
-    g.rolling(SHOP, &Uid::new("u-api"), "Deployment/shop/api", t0, 1);
-    g.rolling(SHOP, &Uid::new("u-worker"), "Deployment/shop/worker", t0, 1);
-    let id = g.finished(SHOP, &Uid::new("u-api"), t0 + s(10), 2).unwrap();
-    g.queued(&id, &Uid::new("u-api"));
+    g.rolling(SHOP, &u("u-api"), "Deployment/shop/api", t0, 1);
+    g.rolling(SHOP, &u("u-worker"), "Deployment/shop/worker", t0, 1);
+    let id = g.finished(SHOP, &u("u-api"), t0 + s(10), 2).unwrap();
+    g.queued(&id, &u("u-api"));
     assert!(g.holds(&id, t0 + s(599)));
     assert!(!g.holds(&id, t0 + s(600)));
     assert_eq!(
@@ -149,21 +131,13 @@ fn the_longest_wait_closes_a_change_and_names_what_did_not_finish() {
         vec!["Deployment/shop/worker".to_string()]
     );
     // A rollout starting after the cap does not join the closed change.
-    g.rolling(
-        SHOP,
-        &Uid::new("u-web"),
-        "Deployment/shop/web",
-        t0 + s(601),
-        3,
-    );
-    let later = g
-        .finished(SHOP, &Uid::new("u-worker"), t0 + s(700), 4)
-        .unwrap();
+    g.rolling(SHOP, &u("u-web"), "Deployment/shop/web", t0 + s(601), 3);
+    let later = g.finished(SHOP, &u("u-worker"), t0 + s(700), 4).unwrap();
     assert_ne!(
         later, id,
         "what finished after the longest wait is reported apart"
     );
-    g.queued(&later, &Uid::new("u-worker"));
+    g.queued(&later, &u("u-worker"));
     assert!(g.unfinished(&id).is_empty());
     assert!(g.holds(&later, t0 + s(700)), "web still rolls out in it");
 }
@@ -178,18 +152,12 @@ fn a_reloaded_member_opens_its_change_again_and_rollouts_still_under_way_join_it
         g.holds(&id, t0 + s(29)),
         "siblings not seen yet may still come"
     );
-    g.rolling(
-        SHOP,
-        &Uid::new("u-worker"),
-        "Deployment/shop/worker",
-        t0 + s(2),
-        5,
-    );
+    g.rolling(SHOP, &u("u-worker"), "Deployment/shop/worker", t0 + s(2), 5);
     assert_eq!(
-        g.finished(SHOP, &Uid::new("u-worker"), t0 + s(40), 6),
+        g.finished(SHOP, &u("u-worker"), t0 + s(40), 6),
         Some(id.clone())
     );
-    g.queued(&id, &Uid::new("u-worker"));
+    g.queued(&id, &u("u-worker"));
     assert!(g.holds(&id, t0 + s(31)));
     assert!(!g.holds(&id, t0 + s(32)));
     // An older change reloaded beside it does not take its place.
@@ -197,19 +165,19 @@ fn a_reloaded_member_opens_its_change_again_and_rollouts_still_under_way_join_it
     let newer = format!("{SHOP}@2000");
     g.reopen(&newer, t0);
     g.reopen(&format!("{SHOP}@1000"), t0);
-    assert_eq!(g.finished(SHOP, &Uid::new("u-api"), t0, 7), Some(newer));
+    assert_eq!(g.finished(SHOP, &u("u-api"), t0, 7), Some(newer));
 }
 
 #[test]
 fn a_member_that_stops_rolling_out_without_an_event_holds_nothing() {
     let t0 = Instant::now();
     let mut g = groups(5, 900);
-    g.rolling(SHOP, &Uid::new("u-api"), "Deployment/shop/api", t0, 1);
-    let id = g.finished(SHOP, &Uid::new("u-web"), t0, 2).unwrap();
-    g.queued(&id, &Uid::new("u-web"));
+    g.rolling(SHOP, &u("u-api"), "Deployment/shop/api", t0, 1);
+    let id = g.finished(SHOP, &u("u-web"), t0, 2).unwrap();
+    g.queued(&id, &u("u-web"));
     assert!(g.holds(&id, t0 + s(100)));
-    assert!(g.stopped(&Uid::new("u-api")));
-    assert!(!g.stopped(&Uid::new("u-api")));
+    assert!(g.stopped(&u("u-api")));
+    assert!(!g.stopped(&u("u-api")));
     assert!(!g.holds(&id, t0 + s(100)));
 }
 
@@ -217,11 +185,11 @@ fn a_member_that_stops_rolling_out_without_an_event_holds_nothing() {
 fn without_a_policy_nothing_is_grouped_or_held() {
     let t0 = Instant::now();
     let mut g = groups(30, 900);
-    g.rolling(SHOP, &Uid::new("u-api"), "Deployment/shop/api", t0, 1);
-    let id = g.finished(SHOP, &Uid::new("u-web"), t0, 2).unwrap();
+    g.rolling(SHOP, &u("u-api"), "Deployment/shop/api", t0, 1);
+    let id = g.finished(SHOP, &u("u-web"), t0, 2).unwrap();
     g.set_policy(None);
     assert!(!g.holds(&id, t0));
-    assert_eq!(g.finished(SHOP, &Uid::new("u-api"), t0, 3), None);
+    assert_eq!(g.finished(SHOP, &u("u-api"), t0, 3), None);
     g.reopen(&id, t0);
     assert!(!g.holds(&id, t0));
     assert_eq!(g.next_close(t0), None);
@@ -233,8 +201,8 @@ fn closed_changes_are_forgotten() {
     let mut g = groups(1, 10);
     for i in 0..100u64 {
         let at = t0 + s(i * 20);
-        let id = g.finished(SHOP, &Uid::new("u-api"), at, i as i64).unwrap();
-        g.queued(&id, &Uid::new("u-api"));
+        let id = g.finished(SHOP, &u("u-api"), at, i as i64).unwrap();
+        g.queued(&id, &u("u-api"));
     }
     assert!(g.len() <= 2, "{}", g.len());
 }
