@@ -63,10 +63,6 @@ impl Uid {
             Uid::Text(t) => t.chars().next(),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Uid::Text(t) if t.is_empty())
-    }
 }
 
 impl Default for Uid {
@@ -77,12 +73,6 @@ impl Default for Uid {
 
 impl From<&str> for Uid {
     fn from(s: &str) -> Self {
-        Uid::new(s)
-    }
-}
-
-impl From<&String> for Uid {
-    fn from(s: &String) -> Self {
         Uid::new(s)
     }
 }
@@ -102,12 +92,6 @@ impl PartialEq<str> for Uid {
             Uid::Uuid(b) => uuid(other).is_some_and(|o| o == *b),
             Uid::Text(t) => **t == *other,
         }
-    }
-}
-
-impl PartialEq<&str> for Uid {
-    fn eq(&self, other: &&str) -> bool {
-        *self == **other
     }
 }
 
