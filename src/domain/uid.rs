@@ -137,8 +137,9 @@ mod tests {
     #[test]
     fn a_uid_prints_as_it_came() {
         for s in [
-            // From the control plane (`kubectl get deploy -o jsonpath='{.metadata.uid}'`).
-            "4f1c2a9e-7b3d-4e8f-9a01-23456789abcd",
+            // As the control plane assigns them: tests/fixtures/deployment-complete.json.
+            "1578d68e-2a80-47db-bc61-a345c65c17ad",
+            // Canonical, the lowest and highest digits.
             "00000000-0000-0000-0000-000000000000",
             "ffffffff-ffff-ffff-ffff-ffffffffffff",
             // Not canonical: kept as text.
