@@ -32,7 +32,8 @@ impl Budget {
         let per_minute = per_minute.max(1) as usize;
         Budget {
             per_minute,
-            sent: VecDeque::with_capacity(per_minute),
+            // Grows with what is sent: the limit can be far above what is ever used.
+            sent: VecDeque::new(),
             blocked_until: None,
         }
     }
@@ -44,6 +45,10 @@ impl Budget {
             .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
         {
             self.sent.pop_front();
+        }
+        // After a burst, hand back the room it took.
+        if self.sent.capacity() > 64 && self.sent.len() < self.sent.capacity() / 4 {
+            self.sent.shrink_to(self.sent.len() * 2);
         }
     }
 
@@ -124,6 +129,31 @@ pub fn later(now: Instant, wait: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A limit is a ceiling, not a reservation: the benchmark lifts pacing with a limit of a
+    /// million a minute, and a window sized for it held 16 MB per integration key from the start.
+    #[test]
+    fn a_budget_holds_what_it_sent_not_what_it_may_send() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(1_000_000);
+        assert!(
+            b.sent.capacity() < 64,
+            "{} slots before any send",
+            b.sent.capacity()
+        );
+        for i in 0..5_000u64 {
+            b.reserve(1, t0 + Duration::from_millis(i));
+        }
+        assert_eq!(b.sent.len(), 5_000);
+        // A minute later the window is empty again, and so is most of its room.
+        b.reserve(1, t0 + Duration::from_secs(120));
+        assert_eq!(b.sent.len(), 1);
+        assert!(
+            b.sent.capacity() < 64,
+            "{} slots kept after the window emptied",
+            b.sent.capacity()
+        );
+    }
 
     #[test]
     fn a_burst_goes_one_by_one_while_the_budget_lasts_then_combines() {
