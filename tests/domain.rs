@@ -920,7 +920,7 @@ fn decide() {
                     .map(|(_, e)| e.clone());
                 assert_eq!(
                     entry.map(|e| (e.state, e.workload)),
-                    Some((State::Baseline, w.reference())),
+                    Some((State::Baseline, w.reference().into())),
                     "{name}: remembered"
                 );
             }
@@ -934,7 +934,7 @@ fn decide() {
                     .map(|(_, e)| e);
                 assert_eq!(
                     entry.map(|e| (e.state, e.workload, e.event.is_none())),
-                    Some((State::Pending, w.reference(), true)),
+                    Some((State::Pending, w.reference().into(), true)),
                     "{name}: claimed for the report"
                 );
             }

@@ -12,7 +12,7 @@ use crate::domain::keys::{
     FLUX_HELM_RELEASE, FLUX_KUSTOMIZATION, HELM_RELEASE_NAME, HELM_RELEASE_NAMESPACE,
     INSTANCE_LABEL, MANAGED_BY_LABEL,
 };
-use crate::domain::pairs::Pairs;
+use crate::domain::pairs::{Images, Pairs};
 
 /// Helm 3 stamps every object it installs with its release.
 /// An object of a deployment tool that owns the workload.
@@ -123,7 +123,7 @@ pub struct ImageChange {
 
 /// Containers whose image differs between the previous and the current revision, by name.
 /// Empty when the previous images are unknown (a first rollout).
-pub fn image_changes(previous: &Pairs, current: &Pairs) -> Vec<ImageChange> {
+pub fn image_changes(previous: &Images, current: &Images) -> Vec<ImageChange> {
     if previous.is_empty() {
         return Vec::new();
     }
@@ -228,7 +228,7 @@ pub fn argo_details(rollout: &Rollout) -> Option<Value> {
 mod tests {
     use super::*;
 
-    fn pairs(v: &[(&str, &str)]) -> Pairs {
+    fn pairs<V: From<&'static str>>(v: &[(&'static str, &'static str)]) -> Pairs<V> {
         v.iter().copied().collect()
     }
 
@@ -282,12 +282,12 @@ mod tests {
 
     #[test]
     fn image_changes_name_each_container() {
-        let prev = pairs(&[
+        let prev: Images = pairs(&[
             ("web", "nginx:1.25"),
             ("sidecar", "envoy:1"),
             ("old", "x:1"),
         ]);
-        let cur = pairs(&[
+        let cur: Images = pairs(&[
             ("web", "nginx:1.26"),
             ("sidecar", "envoy:1"),
             ("new", "y:2"),
@@ -297,7 +297,7 @@ mod tests {
             image_changes_line(&c),
             "new: added y:2, old: removed x:1, web: nginx:1.25 -> nginx:1.26"
         );
-        assert!(image_changes(&Pairs::default(), &cur).is_empty());
+        assert!(image_changes(&Images::default(), &cur).is_empty());
     }
 
     #[test]

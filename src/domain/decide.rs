@@ -123,7 +123,7 @@ pub fn owe(book: &mut Book, w: &WorkloadView, p: &Pipeline) -> (Owed, Writes) {
 fn entry(w: &WorkloadView, state: State) -> Entry {
     Entry {
         state,
-        workload: w.reference(),
+        workload: w.reference().into(),
         event: None,
         reported_outcome: None,
         test: None,
@@ -167,7 +167,7 @@ pub fn pending(
     let (event, warnings) = report::deployment_event(&rollout, cluster, templates);
     let entry = |event: Option<_>, alert: Option<_>| Entry {
         state: State::Pending,
-        workload: w.reference(),
+        workload: w.reference().into(),
         event: event.map(Box::new),
         reported_outcome: Some(rollout.outcome),
         test: None,

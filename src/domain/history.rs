@@ -11,7 +11,7 @@ use crate::domain::keys::{
     ARGO_REVISION_ANNOTATION, ARGO_REVISION_HISTORY_ANNOTATION, REVISION_ANNOTATION,
     REVISION_HISTORY_ANNOTATION,
 };
-use crate::domain::pairs::Pairs;
+use crate::domain::pairs::Images;
 use crate::domain::rollout::{
     Finished, Kind, Outcome, WorkloadView, controller_uid, images, template_digest,
 };
@@ -27,7 +27,7 @@ pub struct History {
     /// `revision-history`; a ControllerRevision keeps no such record).
     pub rolled_back_from: Vec<u64>,
     /// Images of the revision before this one.
-    pub previous_images: Pairs,
+    pub previous_images: Images,
     pub previous_revision: Option<u64>,
     /// When the current ReplicaSet was created (a fallback start time for the duration).
     pub replica_set_created_at: Option<Timestamp>,
@@ -45,7 +45,7 @@ pub struct ReplicaSetView {
     pub revision: Option<u64>,
     /// Earlier revisions this ReplicaSet served (`deployment.kubernetes.io/revision-history`).
     pub revision_history: Vec<u64>,
-    pub images: Pairs,
+    pub images: Images,
     pub created_at: Option<Timestamp>,
 }
 
@@ -86,7 +86,7 @@ pub struct RevisionView {
     pub owner: Option<Uid>,
     pub revision: u64,
     /// The images of the template it holds (`data.spec.template`).
-    pub images: Pairs,
+    pub images: Images,
     /// [`template_digest`] of the template it holds.
     pub template_digest: Option<u64>,
     pub created_at: Option<Timestamp>,

@@ -32,7 +32,7 @@ pub struct Entry {
     pub state: State,
     /// `Kind/namespace/name`.
     #[serde(rename = "w")]
-    pub workload: String,
+    pub workload: Box<str>,
     /// The event to send, while pending.
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Box<DeploymentEvent>>,
@@ -41,14 +41,14 @@ pub struct Entry {
     pub reported_outcome: Option<Outcome>,
     /// Set for a test event: the annotation value it answers.
     #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
-    pub test: Option<String>,
+    pub test: Option<Box<str>>,
     /// In an alerts ledger: the alert or resolve to send, while pending.
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<Box<AlertEvent>>,
     /// While pending, with `groupBy: Owner`: the change it belongs to (`domain::group`); its
     /// event goes out with the rest of that change.
     #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<Box<str>>,
 }
 
 /// Identity of one rollout outcome of one workload.

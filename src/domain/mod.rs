@@ -22,6 +22,7 @@ pub mod report;
 pub mod rollout;
 pub mod selection;
 pub mod status;
+pub mod sym;
 pub mod template;
 pub mod text;
 pub mod uid;

@@ -6,13 +6,29 @@
 //! were a third of the controller's heap.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pairs(Box<[(Box<str>, Box<str>)]>);
+use crate::domain::sym::Sym;
 
-impl Pairs {
+/// Keys are shared ([`Sym`]): the same few label and annotation keys and container names recur
+/// in every workload. Values are `Box<str>` (label values are mostly unique) unless `V` says
+/// otherwise ([`Images`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pairs<V = Box<str>>(Box<[(Sym, V)]>);
+
+/// Container name -> image: images recur across workloads (sidecars, a team's base image) and in
+/// every ReplicaSet of a workload, so they are shared too.
+pub type Images = Pairs<Sym>;
+
+impl<V> Default for Pairs<V> {
+    fn default() -> Self {
+        Pairs(Box::default())
+    }
+}
+
+impl<V: Deref<Target = str>> Pairs<V> {
     pub fn get(&self, key: &str) -> Option<&str> {
         let i = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
         Some(&self.0[i].1)
@@ -44,9 +60,9 @@ impl Pairs {
 }
 
 /// Like a map: the last value given for a key wins.
-impl<K: Into<Box<str>>, V: Into<Box<str>>> FromIterator<(K, V)> for Pairs {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut v: Vec<(Box<str>, Box<str>)> = iter
+impl<K: Into<Sym>, W: Into<V>, V> FromIterator<(K, W)> for Pairs<V> {
+    fn from_iter<I: IntoIterator<Item = (K, W)>>(iter: I) -> Self {
+        let mut v: Vec<(Sym, V)> = iter
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect();
@@ -59,13 +75,13 @@ impl<K: Into<Box<str>>, V: Into<Box<str>>> FromIterator<(K, V)> for Pairs {
     }
 }
 
-impl From<BTreeMap<String, String>> for Pairs {
+impl<V: From<String>> From<BTreeMap<String, String>> for Pairs<V> {
     fn from(m: BTreeMap<String, String>) -> Self {
         m.into_iter().collect()
     }
 }
 
-impl Serialize for Pairs {
+impl<V: Deref<Target = str>> Serialize for Pairs<V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.len()))?;
         for (k, v) in self.iter() {
@@ -90,5 +106,9 @@ mod tests {
         assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"a":"1","b":"3"}"#);
         let m: BTreeMap<String, String> = p.to_btree();
         assert_eq!(Pairs::from(m), p);
+        let images: Images = [("app", "nginx:1.25")].into_iter().collect();
+        let again: Images = [("app", "nginx:1.25")].into_iter().collect();
+        assert_eq!(images.get("app"), Some("nginx:1.25"));
+        assert_eq!(images, again);
     }
 }

@@ -11,7 +11,7 @@ use crate::domain::context::{
 };
 use crate::domain::history::Rollout;
 use crate::domain::keys::{CHANGE_CAUSE_ANNOTATION, RECOMMENDED_LABEL_PREFIX};
-use crate::domain::pairs::Pairs;
+use crate::domain::pairs::Images;
 use crate::domain::payload::{
     DeploymentEvent, MAX_COMBINED, MAX_EVENT_BYTES, MAX_SHAPED_BYTES, MAX_SUMMARY_CHARS,
 };
@@ -47,7 +47,7 @@ pub fn summary(rollout: &Rollout, cluster: &str) -> String {
     truncate(&line, MAX_SUMMARY_CHARS)
 }
 
-fn images_line(images: &Pairs) -> String {
+fn images_line(images: &Images) -> String {
     let mut distinct: Vec<&str> = images.iter().map(|(_, image)| image).collect();
     distinct.sort_unstable();
     distinct.dedup();

@@ -15,7 +15,8 @@ use crate::domain::keys::{
     COMMIT_KEYS, HELM_RELEASE_NAME, HELM_RELEASE_NAMESPACE, IGNORE_ANNOTATION, OUR_PREFIX,
     REVISION_ANNOTATION,
 };
-use crate::domain::pairs::Pairs;
+use crate::domain::pairs::{Images, Pairs};
+use crate::domain::sym::Sym;
 use crate::domain::uid::Uid;
 pub use crate::pipeline::Kind;
 
@@ -90,8 +91,8 @@ pub enum Progress {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadView {
     pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Sym,
+    pub name: Box<str>,
     pub uid: Uid,
     pub labels: Pairs,
     /// Only the revision, change-cause, `ilert.com/*`, owner (Helm, Argo CD) and commit annotations.
@@ -121,7 +122,7 @@ pub struct WorkloadView {
     /// (its status names none).
     pub template_digest: Option<u64>,
     /// Reason and last update time of the Progressing condition.
-    pub progressing_reason: Option<String>,
+    pub progressing_reason: Option<Sym>,
     pub progressing_updated: Option<Timestamp>,
     /// Deployment: the ReplicaSet the Progressing condition's message names (`ReplicaSet "web-5d8"
     /// has timed out progressing.`): whose rollout the condition speaks of.
@@ -130,9 +131,9 @@ pub struct WorkloadView {
     /// controller looks up in its ReplicaSet cache ([`resolve_replica_set`]).
     pub current_replica_set: Option<Box<str>>,
     /// Container name -> image, init containers prefixed with `init:`.
-    pub images: Pairs,
+    pub images: Images,
     /// The manager that last changed the pod template, and when (from managedFields).
-    pub template_manager: Option<String>,
+    pub template_manager: Option<Sym>,
     pub template_changed_at: Option<Timestamp>,
     /// `spec.selector.matchLabels`, to find the workload's ReplicaSets.
     pub match_labels: Pairs,
@@ -154,8 +155,8 @@ impl WorkloadView {
             template_change(meta.managed_fields.as_deref());
         WorkloadView {
             kind,
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
+            namespace: Sym::new(meta.namespace.as_deref().unwrap_or_default()),
+            name: meta.name.as_deref().unwrap_or_default().into(),
             uid: meta.uid.as_deref().map(Uid::new).unwrap_or_default(),
             labels: meta.labels.clone().unwrap_or_default().into(),
             annotations: meta
@@ -492,7 +493,7 @@ impl WorkloadView {
 /// What a Progressing condition (a Deployment's, or Argo Rollouts' of the same shape) tells:
 /// its reason, when it was last updated, and the ReplicaSet its message names.
 #[derive(Default)]
-struct Progressing(Option<String>, Option<Timestamp>, Option<Box<str>>);
+struct Progressing(Option<Sym>, Option<Timestamp>, Option<Box<str>>);
 
 impl Progressing {
     fn find<C: ProgressCondition>(conditions: Option<&[C]>) -> Self {
@@ -505,7 +506,7 @@ impl Progressing {
         };
         let (_, reason, updated, transitioned, message) = c.fields();
         Progressing(
-            reason.cloned(),
+            reason.map(Sym::from),
             updated.or(transitioned).map(|t| t.0),
             message.and_then(named_replica_set),
         )
@@ -575,9 +576,9 @@ pub fn template_digest(template: &PodTemplateSpec) -> u64 {
     h.finish()
 }
 
-pub fn images(template: &PodTemplateSpec) -> Pairs {
+pub fn images(template: &PodTemplateSpec) -> Images {
     let Some(spec) = template.spec.as_ref() else {
-        return Pairs::default();
+        return Images::default();
     };
     let init = spec
         .init_containers
@@ -602,7 +603,7 @@ pub fn controller_uid(meta: &ObjectMeta) -> Option<Uid> {
 /// The field manager that last changed `spec.template` and when, from managedFields: `kubectl`,
 /// `helm`, `argocd-controller`, ... Scale and status subresource writes do not count, nor do
 /// Argo Rollouts' defaults written into a Rollout's template.
-fn template_change(entries: Option<&[ManagedFieldsEntry]>) -> (Option<String>, Option<Timestamp>) {
+fn template_change(entries: Option<&[ManagedFieldsEntry]>) -> (Option<Sym>, Option<Timestamp>) {
     entries
         .into_iter()
         .flatten()
@@ -615,9 +616,9 @@ fn template_change(entries: Option<&[ManagedFieldsEntry]>) -> (Option<String>, O
                 .and_then(|s| s.get("f:template"))
                 .is_some()
         })
-        .filter_map(|e| Some((e.manager.clone(), e.time.as_ref()?.0)))
+        .filter_map(|e| Some((e.manager.as_deref(), e.time.as_ref()?.0)))
         .max_by_key(|(_, t)| *t)
-        .map(|(m, t)| (m, Some(t)))
+        .map(|(m, t)| (m.map(Sym::new), Some(t)))
         .unwrap_or((None, None))
 }
 

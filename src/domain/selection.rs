@@ -86,7 +86,7 @@ impl Selection {
         let ns_ok = match &self.namespaces {
             None => w.namespace == pipeline_namespace,
             Some(ns_sel) => namespaces
-                .get(&w.namespace)
+                .get(&*w.namespace)
                 .is_some_and(|labels| ns_sel.matches(labels)),
         };
         ns_ok

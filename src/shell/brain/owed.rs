@@ -271,7 +271,7 @@ impl ToQueue {
             record_and_queue(&self.shared, outbox, &ledger_id, self.key.clone(), entry);
         }
         if let (Some(outbox), Some(mut entry)) = (&self.outbox, built.event) {
-            entry.group = self.group.as_ref().map(|(id, _)| id.clone());
+            entry.group = self.group.as_ref().map(|(id, _)| id.as_str().into());
             let uid = self.key.workload_uid.clone();
             record_and_queue(&self.shared, outbox, &self.pipeline_uid, self.key, entry);
             if let Some((id, grouping)) = &self.group {

@@ -223,7 +223,7 @@ impl Brain {
         info!(pipeline = %pipeline, value = %value, "test event requested");
         let entry = Entry {
             state: State::Pending,
-            workload: format!("IlertPipeline/{pipeline}"),
+            workload: format!("IlertPipeline/{pipeline}").into(),
             event: Some(Box::new(report::test_event(
                 &pipeline,
                 &self.shared.cfg.cluster_name,
@@ -231,7 +231,7 @@ impl Brain {
                 Timestamp::now(),
             ))),
             reported_outcome: None,
-            test: Some(value),
+            test: Some(value.into()),
             alert: None,
             group: None,
         };

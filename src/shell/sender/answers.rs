@@ -125,7 +125,7 @@ impl<P: Payload> Sender<P> {
                 .await;
             }
             Err(e @ SendError::EventRejected { .. }) => {
-                let names: Vec<&str> = batch.iter().map(|(_, e)| e.workload.as_str()).collect();
+                let names: Vec<&str> = batch.iter().map(|(_, e)| &*e.workload).collect();
                 let message = format!("{e}; not retried: {}", names.join(", "));
                 warn!(pipeline = %self.name(), error = %message, "event rejected");
                 if let Some(id) = &group {
@@ -192,7 +192,7 @@ impl<P: Payload> Sender<P> {
             let mut s = lock(&self.stats);
             s.sent += batch.len() as u64;
             s.last_event = Some(LastEvent {
-                workload: last.workload.clone(),
+                workload: last.workload.to_string(),
                 revision: last_key.revision.to_string(),
                 outcome: outcome.as_str().to_string(),
                 sent_at: Timestamp::now().to_string(),

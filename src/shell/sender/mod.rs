@@ -115,7 +115,11 @@ impl Delivery {
         !item.held
             && !self.in_flight.contains(&item.key)
             && !self.busy_workloads.contains(&item.key.workload_uid)
-            && item.entry.group.as_ref().is_none_or(|g| !open.contains(g))
+            && item
+                .entry
+                .group
+                .as_ref()
+                .is_none_or(|g| !open.contains(&**g))
     }
 }
 
@@ -185,7 +189,7 @@ impl<P: Payload> Sender<P> {
                     q.items
                         .iter()
                         .filter(|i| i.entry.group.is_some() && !d.sendable(i, &HashSet::new()))
-                        .filter_map(|i| i.entry.group.clone()),
+                        .filter_map(|i| i.entry.group.as_deref().map(String::from)),
                 );
                 (
                     q.items.len(),
@@ -285,16 +289,20 @@ impl<P: Payload> Sender<P> {
                     .items
                     .iter()
                     .find(|i| d.sendable(i, &open))
-                    .and_then(|i| i.entry.group.clone());
+                    .and_then(|i| i.entry.group.as_deref().map(String::from));
                 let limit = if group.is_some() { MAX_COMBINED } else { n };
                 q.items
                     .iter()
-                    .filter(|i| d.sendable(i, &open) && i.entry.group == group)
+                    .filter(|i| {
+                        d.sendable(i, &open) && i.entry.group.as_deref() == group.as_deref()
+                    })
                     .take(limit)
                     .cloned()
                     .collect()
             };
-            let group = picked.first().and_then(|i| i.entry.group.clone());
+            let group = picked
+                .first()
+                .and_then(|i| i.entry.group.as_deref().map(String::from));
             let (unfinished, templates) = match &group {
                 Some(id) => {
                     let g = lock(&self.grouping);
