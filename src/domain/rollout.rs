@@ -506,7 +506,7 @@ impl Progressing {
         };
         let (_, reason, updated, transitioned, message) = c.fields();
         Progressing(
-            reason.map(Sym::from),
+            reason.map(|r| Sym::new(r)),
             updated.or(transitioned).map(|t| t.0),
             message.and_then(named_replica_set),
         )

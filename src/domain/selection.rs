@@ -84,7 +84,7 @@ impl Selection {
         namespaces: &HashMap<String, BTreeMap<String, String>>,
     ) -> bool {
         let ns_ok = match &self.namespaces {
-            None => w.namespace == pipeline_namespace,
+            None => *w.namespace == *pipeline_namespace,
             Some(ns_sel) => namespaces
                 .get(&*w.namespace)
                 .is_some_and(|labels| ns_sel.matches(labels)),
