@@ -289,13 +289,11 @@ impl<P: Payload> Sender<P> {
                     .items
                     .iter()
                     .find(|i| d.sendable(i, &open))
-                    .and_then(|i| i.entry.group.as_deref().map(String::from));
+                    .and_then(|i| i.entry.group.as_deref());
                 let limit = if group.is_some() { MAX_COMBINED } else { n };
                 q.items
                     .iter()
-                    .filter(|i| {
-                        d.sendable(i, &open) && i.entry.group.as_deref() == group.as_deref()
-                    })
+                    .filter(|i| d.sendable(i, &open) && i.entry.group.as_deref() == group)
                     .take(limit)
                     .cloned()
                     .collect()
