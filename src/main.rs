@@ -438,7 +438,7 @@ async fn kube_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
         metrics.kube_request(req.method().as_str(), req.uri().path(), req.uri().query());
         req
     });
-    Ok(kube::client::ClientBuilder::try_from(config)
+    Ok(shell::kube_client::builder(config)
         .context("the Kubernetes client configuration is not usable")?
         .with_layer(&count)
         .build())

@@ -933,8 +933,8 @@ fn decide() {
                     .find(|(k, _)| k == key)
                     .map(|(_, e)| e);
                 assert_eq!(
-                    entry.map(|e| (e.state, e.workload, e.event.is_none())),
-                    Some((State::Pending, w.reference().into(), true)),
+                    entry.map(|e| (e.state, e.event().is_none(), e.workload)),
+                    Some((State::Pending, true, w.reference().into())),
                     "{name}: claimed for the report"
                 );
             }

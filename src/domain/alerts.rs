@@ -244,15 +244,7 @@ mod tests {
     }
 
     fn entry(state: State) -> Entry {
-        Entry {
-            state,
-            workload: "Deployment/ns/web".into(),
-            event: None,
-            reported_outcome: None,
-            test: None,
-            alert: None,
-            group: None,
-        }
+        Entry::new(state, "Deployment/ns/web")
     }
 
     #[test]

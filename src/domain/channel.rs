@@ -35,7 +35,7 @@ pub trait Payload: Clone + Send + Sync + 'static {
 impl Payload for DeploymentEvent {
     const CHANNEL: Channel = Channel::Deployments;
     fn take_from(entry: &mut Entry) -> Option<Self> {
-        entry.event.take().map(|e| *e)
+        entry.take_event()
     }
     fn request(waiting: &[Self], group: Option<&Closing>, cluster: &str, key: &str) -> Request {
         let take = report::combinable(waiting, cluster).min(waiting.len());
@@ -56,7 +56,7 @@ impl Payload for DeploymentEvent {
 impl Payload for alerts::AlertEvent {
     const CHANNEL: Channel = Channel::Alerts;
     fn take_from(entry: &mut Entry) -> Option<Self> {
-        entry.alert.take().map(|a| *a)
+        entry.take_alert()
     }
     fn request(waiting: &[Self], _group: Option<&Closing>, _cluster: &str, key: &str) -> Request {
         match waiting.first() {

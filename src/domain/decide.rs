@@ -121,15 +121,7 @@ pub fn owe(book: &mut Book, w: &WorkloadView, p: &Pipeline) -> (Owed, Writes) {
 
 /// The entry of a workload with nothing to send (yet).
 fn entry(w: &WorkloadView, state: State) -> Entry {
-    Entry {
-        state,
-        workload: w.reference().into(),
-        event: None,
-        reported_outcome: None,
-        test: None,
-        alert: None,
-        group: None,
-    }
+    Entry::new(state, w.reference())
 }
 
 /// What one finished rollout sends, once its history is known: the pending ledger entries that
@@ -165,14 +157,11 @@ pub fn pending(
     let Shaping { cluster, templates } = shaping;
     let rollout = Rollout::new(w, finished, history, now);
     let (event, warnings) = report::deployment_event(&rollout, cluster, templates);
-    let entry = |event: Option<_>, alert: Option<_>| Entry {
-        state: State::Pending,
-        workload: w.reference().into(),
-        event: event.map(Box::new),
-        reported_outcome: Some(rollout.outcome),
-        test: None,
-        alert: alert.map(Box::new),
-        group: None,
+    let entry = |event: Option<_>, alert: Option<_>| {
+        Entry::new(State::Pending, w.reference())
+            .with_outcome(Some(rollout.outcome))
+            .with_event(event)
+            .with_alert(alert)
     };
     let alert = alert.map(|(action, priority)| {
         let alert = alerts::event(action, &event, &w.reference(), cluster, priority);

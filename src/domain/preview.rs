@@ -78,7 +78,7 @@ pub fn preview(
     );
     let event = pending
         .event
-        .and_then(|e| e.event)
+        .and_then(|mut e| e.take_event())
         .expect("a reported rollout has its event");
     Preview::Send {
         body: report::body(&event, REDACTED),
@@ -134,7 +134,7 @@ mod tests {
             true,
             None,
         );
-        let event = pending.event.unwrap().event.unwrap();
+        let event = pending.event.unwrap().take_event().unwrap();
         assert_eq!(body, report::body(&event, REDACTED));
     }
 

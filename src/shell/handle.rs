@@ -82,7 +82,7 @@ impl PipelineHandle {
         lock(&self.grouping).groups.clear();
         for (key, entry) in shared.ledger.read(|b| b.pending(&self.uid)) {
             // A member of a change: the change is open again until its other rollouts are seen.
-            if let Some(id) = &entry.group {
+            if let Some(id) = entry.group() {
                 lock(&self.grouping)
                     .groups
                     .reopen(id, tokio::time::Instant::now());
@@ -94,8 +94,7 @@ impl PipelineHandle {
         // revision that failed and then recovered must go out before its RESOLVE.
         pending.sort_by_key(|(k, e)| {
             let resolve = e
-                .alert
-                .as_ref()
+                .alert()
                 .is_some_and(|a| a.event_type == alerts::EventType::Resolve);
             (k.workload_uid.clone(), k.revision, resolve)
         });

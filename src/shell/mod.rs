@@ -7,6 +7,7 @@ pub mod cli;
 pub mod events;
 pub mod handle;
 pub mod ilert;
+pub mod kube_client;
 pub mod lean;
 pub mod ledger_store;
 pub mod outbox;

@@ -149,15 +149,7 @@ mod tests {
     use jiff::Timestamp;
 
     fn entry(event: Option<DeploymentEvent>) -> Entry {
-        Entry {
-            state: State::Pending,
-            workload: "Deployment/shop/web".into(),
-            event: event.map(Box::new),
-            reported_outcome: None,
-            test: None,
-            alert: None,
-            group: None,
-        }
+        Entry::new(State::Pending, "Deployment/shop/web").with_event(event)
     }
 
     fn event(value: &str) -> DeploymentEvent {
@@ -177,7 +169,7 @@ mod tests {
         assert_eq!(q.items.len(), 1);
         assert_eq!(q.items[0].payload, event("1"));
         // The payload travels beside the entry, not twice.
-        assert_eq!(q.items[0].entry.event, None);
+        assert_eq!(q.items[0].entry.event(), None);
         drop(q);
         // An alerts queue takes only entries with an alert.
         let alerts = Outbox::<AlertEvent>::default();

@@ -676,6 +676,9 @@ pub struct Controller {
     pub kubeconfig: PathBuf,
     /// Extra environment of the process.
     pub env: Vec<(String, String)>,
+    /// `RUST_LOG` of the process; None leaves it unset, so the binary's own default (what the
+    /// chart ships) applies.
+    log_filter: Option<&'static str>,
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<String>,
@@ -714,6 +717,29 @@ impl Controller {
         replica: &str,
         kubeconfig: PathBuf,
     ) -> Self {
+        let mut c = Self::unspawned(ns, ilert, selector, extra, replica, kubeconfig);
+        c.spawn();
+        c
+    }
+
+    /// As [`Controller::start`], logging as the chart ships it (no `RUST_LOG`, so info and above):
+    /// what the benchmark measures.
+    pub fn start_as_shipped(ns: &str, ilert: &FakeIlert, extra: &[&str]) -> Self {
+        let selector = format!("e2e-ns={ns}");
+        let mut c = Self::unspawned(ns, ilert, &selector, extra, "a", chart_identity(ns));
+        c.log_filter = None;
+        c.spawn();
+        c
+    }
+
+    fn unspawned(
+        ns: &str,
+        ilert: &FakeIlert,
+        selector: &str,
+        extra: &[&str],
+        replica: &str,
+        kubeconfig: PathBuf,
+    ) -> Self {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--cluster-name".into(),
@@ -739,15 +765,14 @@ impl Controller {
         args.extend(extra.iter().map(|s| s.to_string()));
         let dir = PathBuf::from(REPO).join("target/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut c = Controller {
+        Controller {
             kubeconfig,
             env: Vec::new(),
+            log_filter: Some("info,ilert_rollout_controller=debug"),
             child: None,
             log: dir.join(format!("{ns}-{replica}.log")),
             args,
-        };
-        c.spawn();
-        c
+        }
     }
 
     fn spawn(&mut self) {
@@ -756,13 +781,17 @@ impl Controller {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ilert-rollout-controller"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ilert-rollout-controller"));
+        match self.log_filter {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let child = command
             .args(&self.args)
             .env(
                 "POD_NAME",
                 self.log.file_stem().unwrap().to_string_lossy().to_string(),
             )
-            .env("RUST_LOG", "info,ilert_rollout_controller=debug")
             // The chart's ServiceAccount, never the admin identity of the test process.
             .env("KUBECONFIG", &self.kubeconfig)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -78,15 +78,7 @@ fn entries_spill_to_the_next_page_before_a_configmap_is_full() {
 
 #[test]
 fn a_deposed_leader_writes_only_what_ilert_answered() {
-    let entry = |state| Entry {
-        state,
-        workload: "Deployment/shop/web".into(),
-        event: None,
-        reported_outcome: None,
-        test: None,
-        alert: None,
-        group: None,
-    };
+    let entry = |state| Entry::new(state, "Deployment/shop/web");
     let value = |e: &Entry| json!(serde_json::to_string(e).unwrap());
     let data: Data = [
         ("a.1.Completed".to_string(), value(&entry(State::Pending))),
@@ -121,5 +113,55 @@ fn baseline_from_what_the_status_says_at_first_sight() {
     assert_eq!(
         decide([&r1], &key("s", 2, Outcome::Completed), set),
         Decision::Report
+    );
+}
+
+#[test]
+fn an_entry_at_rest_is_32_bytes_and_carries_nothing() {
+    assert_eq!(std::mem::size_of::<Entry>(), 32);
+    let bare = Entry::new(State::Sent, "Deployment/shop/web");
+    // Nothing carried is one state, however it was reached.
+    assert_eq!(bare.clone().with_event(None).with_group(None), bare);
+    let mut e = bare.clone().with_alert(Some(AlertEvent {
+        event_type: crate::domain::payload::EventType::Alert,
+        summary: "web failed".into(),
+        details: None,
+        alert_key: "k".into(),
+        priority: None,
+        links: Vec::new(),
+        labels: Default::default(),
+        custom_details: Default::default(),
+    }));
+    assert_ne!(e, bare);
+    assert!(e.take_alert().is_some());
+    assert_eq!(e, bare);
+}
+
+/// Ledgers written before entries kept their rare fields apart read back the same, and are
+/// written the same: the stored form did not change.
+#[test]
+fn an_entry_is_stored_as_it_always_was() {
+    let stored = [
+        r#"{"s":"Sent","w":"Deployment/shop/web"}"#,
+        r#"{"s":"Baseline","w":"StatefulSet/shop/db","o":"Completed"}"#,
+        r#"{"s":"Pending","w":"Deployment/shop/web","e":{"summary":"web rolled out","timestamp":1764806400000,"customDetails":{"revision":2}},"o":"RolledBack","g":"Deployment/shop/web@2"}"#,
+        r#"{"s":"Pending","w":"IlertPipeline/shop/main","e":{"summary":"test","timestamp":1},"t":"2026-12-04T19:00:00Z"}"#,
+        r#"{"s":"Pending","w":"Deployment/shop/web","a":{"eventType":"RESOLVE","summary":"web recovered","alertKey":"e2e/Deployment/shop/web"}}"#,
+    ];
+    for text in stored {
+        let entry: Entry = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&entry).unwrap(), text);
+    }
+    let pending: Entry = serde_json::from_str(stored[2]).unwrap();
+    assert_eq!(pending.reported_outcome, Some(Outcome::RolledBack));
+    assert_eq!(pending.group(), Some("Deployment/shop/web@2"));
+    assert_eq!(pending.event().map(|e| e.timestamp), Some(1764806400000));
+    assert_eq!((pending.test(), pending.alert()), (None, None));
+    let test: Entry = serde_json::from_str(stored[3]).unwrap();
+    assert_eq!(test.test(), Some("2026-12-04T19:00:00Z"));
+    let resolve: Entry = serde_json::from_str(stored[4]).unwrap();
+    assert_eq!(
+        resolve.alert().map(|a| a.summary.as_str()),
+        Some("web recovered")
     );
 }

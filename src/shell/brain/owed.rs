@@ -205,18 +205,9 @@ impl Brain {
             return;
         };
         info!(workload = %workload, pipeline = %format!("{}/{}", h.namespace, h.name), "deleted with its alert open: resolving");
-        let entry = Entry {
-            state: State::Pending,
-            workload: workload.clone(),
-            event: None,
-            reported_outcome: None,
-            test: None,
-            alert: Some(Box::new(alerts::gone_event(
-                &workload,
-                &self.shared.cfg.cluster_name,
-            ))),
-            group: None,
-        };
+        let entry = Entry::new(State::Pending, workload.clone()).with_alert(Some(
+            alerts::gone_event(&workload, &self.shared.cfg.cluster_name),
+        ));
         self.shared
             .ledger
             .read_mut(|book| book.claim(&ledger_id, key.clone(), entry.clone()));
@@ -270,8 +261,8 @@ impl ToQueue {
             let ledger_id = alerts::ledger_id(&self.pipeline_uid);
             record_and_queue(&self.shared, outbox, &ledger_id, self.key.clone(), entry);
         }
-        if let (Some(outbox), Some(mut entry)) = (&self.outbox, built.event) {
-            entry.group = self.group.as_ref().map(|(id, _)| id.as_str().into());
+        if let (Some(outbox), Some(entry)) = (&self.outbox, built.event) {
+            let entry = entry.with_group(self.group.as_ref().map(|(id, _)| id.as_str().into()));
             let uid = self.key.workload_uid.clone();
             record_and_queue(&self.shared, outbox, &self.pipeline_uid, self.key, entry);
             if let Some((id, grouping)) = &self.group {

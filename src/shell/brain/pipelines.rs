@@ -221,20 +221,14 @@ impl Brain {
         }
         let pipeline = format!("{}/{}", h.namespace, h.name);
         info!(pipeline = %pipeline, value = %value, "test event requested");
-        let entry = Entry {
-            state: State::Pending,
-            workload: format!("IlertPipeline/{pipeline}").into(),
-            event: Some(Box::new(report::test_event(
+        let entry = Entry::new(State::Pending, format!("IlertPipeline/{pipeline}"))
+            .with_event(Some(report::test_event(
                 &pipeline,
                 &self.shared.cfg.cluster_name,
                 &value,
                 Timestamp::now(),
-            ))),
-            reported_outcome: None,
-            test: Some(value.into()),
-            alert: None,
-            group: None,
-        };
+            )))
+            .with_test(Some(value.into()));
         record_and_queue(&self.shared, &h.outbox, pipeline_uid, key, entry);
     }
 }

@@ -135,7 +135,7 @@ impl<P: Payload> Sender<P> {
                 self.tests_rejected(batch, &e.to_string()).await;
                 {
                     let mut s = lock(&self.stats);
-                    s.failed += batch.iter().filter(|(_, e)| e.test.is_none()).count() as u64;
+                    s.failed += batch.iter().filter(|(_, e)| e.test().is_none()).count() as u64;
                     s.dirty = true;
                 }
                 self.publish(EventType::Warning, "EventRejected", &message)
@@ -156,7 +156,7 @@ impl<P: Payload> Sender<P> {
         if P::CHANNEL == Channel::Alerts {
             return;
         }
-        for (k, e) in batch.iter().filter(|(_, e)| e.test.is_none()) {
+        for (k, e) in batch.iter().filter(|(_, e)| e.test().is_none()) {
             self.shared
                 .metrics
                 .event(e.reported_outcome.unwrap_or(k.outcome).as_str(), result)
@@ -170,9 +170,9 @@ impl<P: Payload> Sender<P> {
         alert: Option<alerts::EventType>,
     ) {
         let (tests, rollouts): (Vec<_>, Vec<_>) =
-            batch.iter().cloned().partition(|(_, e)| e.test.is_some());
+            batch.iter().cloned().partition(|(_, e)| e.test().is_some());
         for (_, e) in &tests {
-            let value = e.test.clone().unwrap_or_default();
+            let value = e.test().unwrap_or_default().to_string();
             self.test_result(&value, "Accepted", "ilert accepted the test event")
                 .await;
         }
@@ -217,7 +217,7 @@ impl<P: Payload> Sender<P> {
                 last_key.revision,
                 outcome.as_str()
             )
-        } else if let Some(id) = &last.group {
+        } else if let Some(id) = last.group() {
             format!(
                 "Reported {} rollouts of {} to ilert as one change",
                 batch.len(),
@@ -299,7 +299,7 @@ impl<P: Payload> Sender<P> {
     /// Test events in a batch ilert refused get their answer recorded.
     pub(crate) async fn tests_rejected(&self, batch: &[(RolloutKey, Entry)], message: &str) {
         for (_, e) in batch {
-            if let Some(value) = &e.test {
+            if let Some(value) = e.test() {
                 self.test_result(value, "Rejected", message).await;
             }
         }

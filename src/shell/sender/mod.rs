@@ -115,11 +115,7 @@ impl Delivery {
         !item.held
             && !self.in_flight.contains(&item.key)
             && !self.busy_workloads.contains(&item.key.workload_uid)
-            && item
-                .entry
-                .group
-                .as_ref()
-                .is_none_or(|g| !open.contains(&**g))
+            && item.entry.group().is_none_or(|g| !open.contains(g))
     }
 }
 
@@ -188,8 +184,8 @@ impl<P: Payload> Sender<P> {
                 open.extend(
                     q.items
                         .iter()
-                        .filter(|i| i.entry.group.is_some() && !d.sendable(i, &HashSet::new()))
-                        .filter_map(|i| i.entry.group.as_deref().map(String::from)),
+                        .filter(|i| i.entry.group().is_some() && !d.sendable(i, &HashSet::new()))
+                        .filter_map(|i| i.entry.group().map(String::from)),
                 );
                 (
                     q.items.len(),
@@ -289,18 +285,18 @@ impl<P: Payload> Sender<P> {
                     .items
                     .iter()
                     .find(|i| d.sendable(i, &open))
-                    .and_then(|i| i.entry.group.as_deref());
+                    .and_then(|i| i.entry.group());
                 let limit = if group.is_some() { MAX_COMBINED } else { n };
                 q.items
                     .iter()
-                    .filter(|i| d.sendable(i, &open) && i.entry.group.as_deref() == group)
+                    .filter(|i| d.sendable(i, &open) && i.entry.group() == group)
                     .take(limit)
                     .cloned()
                     .collect()
             };
             let group = picked
                 .first()
-                .and_then(|i| i.entry.group.as_deref().map(String::from));
+                .and_then(|i| i.entry.group().map(String::from));
             let (unfinished, templates) = match &group {
                 Some(id) => {
                     let g = lock(&self.grouping);
@@ -409,15 +405,9 @@ pub(crate) fn outcome_entries(batch: &[(RolloutKey, Entry)], state: State) -> Ba
         .map(|(k, e)| {
             (
                 k.clone(),
-                Entry {
-                    state,
-                    workload: e.workload.clone(),
-                    event: None,
-                    reported_outcome: e.reported_outcome,
-                    test: e.test.clone(),
-                    alert: None,
-                    group: None,
-                },
+                Entry::new(state, e.workload.clone())
+                    .with_outcome(e.reported_outcome)
+                    .with_test(e.test().map(Into::into)),
             )
         })
         .collect()
