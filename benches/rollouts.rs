@@ -93,6 +93,21 @@ fn proc_field(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident memory at its highest since `reset_peak` (or since the start), in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    proc_field(pid, "VmHWM:") as f64 / 1024.0
+}
+
+/// Starts the process's peak resident memory (VmHWM) afresh from what it holds now: the burst's
+/// peak is then the burst's, not the start-up's (the initial lists of every watch).
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap_or_else(|e| {
+        panic!(
+            "cannot reset the peak resident memory of process {pid} (/proc/{pid}/clear_refs): {e}"
+        )
+    });
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -161,6 +176,9 @@ struct Row {
     /// Of the idle figure: anonymous (heap, stacks) and file-backed (the binary's code).
     rss_idle_anon_mib: f64,
     rss_idle_file_mib: f64,
+    /// Peak from the start to the end of the idle window: the initial lists.
+    rss_start_peak_mib: f64,
+    /// Peak of the burst alone.
     rss_peak_mib: f64,
     p50: f64,
     p95: f64,
@@ -183,6 +201,7 @@ struct Row {
 /// kubewatch in the same run, on the same Deployments.
 struct PeerRow {
     rss_idle_mib: f64,
+    rss_start_peak_mib: f64,
     rss_peak_mib: f64,
     cpu_per_1000: f64,
     kube_per_rollout: f64,
@@ -385,6 +404,12 @@ async fn run(n: usize) -> Row {
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_start_peak_mib = peak_mib(pid);
+    let peer_start_peak = peer.as_ref().map(|p| peak_mib(p.pid));
+    reset_peak(pid);
+    if let Some(p) = &peer {
+        reset_peak(p.pid);
+    }
     let kube_before = kube_requests(&controller).await;
     let c1 = cpu_seconds(pid);
     let peer_before = peer.as_ref().map(|p| {
@@ -426,7 +451,7 @@ async fn run(n: usize) -> Row {
     );
     let cpu_per_1000 = (cpu_seconds(pid) - c1) * 1000.0 / n as f64;
     drop(profile);
-    let rss_peak_mib = proc_field(pid, "VmHWM:") as f64 / 1024.0;
+    let rss_peak_mib = peak_mib(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
     watch.abort();
     let floor = floor.lock().unwrap().clone();
@@ -461,8 +486,8 @@ async fn run(n: usize) -> Row {
     let kube_per_rollout = kube_breakdown.iter().map(|(_, v)| v).sum();
     let (internal_p50, internal_p99) = internal_delay(&controller).await;
     drop(controller);
-    let peer = match (peer, peer_before, peer_rss_idle) {
-        (Some(p), Some((cpu0, m0, a0, f0)), Some(rss_idle_mib)) => {
+    let peer = match (peer, peer_before, peer_rss_idle.zip(peer_start_peak)) {
+        (Some(p), Some((cpu0, m0, a0, f0)), Some((rss_idle_mib, rss_start_peak_mib))) => {
             // kubewatch posts one message at a time: it is done when it has been quiet a while.
             p.settle(Duration::from_secs(5), Duration::from_secs(600))
                 .await;
@@ -470,7 +495,8 @@ async fn run(n: usize) -> Row {
             let (failed, first_failure) = p.failed_posts();
             let row = PeerRow {
                 rss_idle_mib,
-                rss_peak_mib: proc_field(p.pid, "VmHWM:") as f64 / 1024.0,
+                rss_start_peak_mib,
+                rss_peak_mib: peak_mib(p.pid),
                 cpu_per_1000: (cpu_seconds(p.pid) - cpu0) * 1000.0 / n as f64,
                 kube_per_rollout: (peer::audit_requests(false) - a0) as f64 / n as f64,
                 messages_per_rollout: (m1 - m0) as f64 / n as f64,
@@ -497,6 +523,7 @@ async fn run(n: usize) -> Row {
         rss_idle_mib,
         rss_idle_anon_mib,
         rss_idle_file_mib,
+        rss_start_peak_mib,
         rss_peak_mib,
         p50: percentile(&delays, 50.0),
         p95: percentile(&delays, 95.0),
@@ -532,16 +559,17 @@ async fn main() {
 /// Prints the table and writes report.md and results.json to target/bench/.
 fn write_report(rows: &[Row]) {
     let mut table = String::from(
-        "| N | ready (s) | RSS idle (MiB) | of it anonymous / file-backed (MiB) | RSS peak (MiB) | added delay p50 / p95 / p99 / max (ms) | inside the controller p50 / p99 (ms, bucket bound) | CPU s per 1,000 rollouts | idle CPU s per hour | requests to ilert | API requests per rollout |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| N | ready (s) | RSS idle (MiB) | of it anonymous / file-backed (MiB) | RSS peak of start-up / of the burst (MiB) | added delay p50 / p95 / p99 / max (ms) | inside the controller p50 / p99 (ms, bucket bound) | CPU s per 1,000 rollouts | idle CPU s per hour | requests to ilert | API requests per rollout |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         table.push_str(&format!(
-            "| {} | {:.2} | {:.1} | {:.1} / {:.1} | {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.1} | {} | {:.2} |\n",
+            "| {} | {:.2} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {:.2} | {:.1} | {} | {:.2} |\n",
             r.n,
             r.ready_s,
             r.rss_idle_mib,
             r.rss_idle_anon_mib,
             r.rss_idle_file_mib,
+            r.rss_start_peak_mib,
             r.rss_peak_mib,
             r.p50,
             r.p95,
@@ -585,25 +613,26 @@ fn write_report(rows: &[Row]) {
             .unwrap_or_default()
     );
     let mut side = String::from(
-        "Side by side with kubewatch (same control plane, same Deployments, same run; kubewatch posting every Deployment change to a local webhook):\n\n| N | tool | RSS idle / peak (MiB) | CPU s per 1,000 rollouts | API requests per rollout | messages per rollout | messages saying a rollout finished | posts that failed |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "Side by side with kubewatch (same control plane, same Deployments, same run; kubewatch posting every Deployment change to a local webhook):\n\n| N | tool | RSS idle / start-up peak / burst peak (MiB) | CPU s per 1,000 rollouts | API requests per rollout | messages per rollout | messages saying a rollout finished | posts that failed |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let mut targets = String::new();
     for r in rows {
         let Some(p) = &r.peer else { continue };
         side.push_str(&format!(
-            "| {} | this controller | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} of {} | retried until answered |\n| {} | kubewatch | {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
-            r.n, r.rss_idle_mib, r.rss_peak_mib, r.cpu_per_1000, r.kube_per_rollout,
+            "| {} | this controller | {:.1} / {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} of {} | retried until answered |\n| {} | kubewatch | {:.1} / {:.1} / {:.1} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
+            r.n, r.rss_idle_mib, r.rss_start_peak_mib, r.rss_peak_mib, r.cpu_per_1000, r.kube_per_rollout,
             r.requests as f64 / r.n as f64, r.requests, r.requests,
-            r.n, p.rss_idle_mib, p.rss_peak_mib, p.cpu_per_1000, p.kube_per_rollout,
+            r.n, p.rss_idle_mib, p.rss_start_peak_mib, p.rss_peak_mib, p.cpu_per_1000, p.kube_per_rollout,
             p.messages_per_rollout, p.finished_messages, p.failed_posts,
         ));
         let met = |ok: bool| if ok { "met" } else { "NOT met" };
         targets.push_str(&format!(
-            "| {} | CPU at most half of kubewatch's | {:.2} vs {:.2} (ratio {:.2}) | {} |\n| {} | peak memory at most a fifth of kubewatch's | {:.1} vs {:.1} MiB (ratio {:.2}) | {} |\n",
+            "| {} | CPU at most half of kubewatch's | {:.2} vs {:.2} (ratio {:.2}) | {} |\n| {} | peak memory of the burst at most a fifth of kubewatch's | {:.1} vs {:.1} MiB (ratio {:.2}) | {} |\n| {} | (not a target) peak memory of start-up against kubewatch's | {:.1} vs {:.1} MiB (ratio {:.2}) | |\n",
             r.n, r.cpu_per_1000, p.cpu_per_1000, r.cpu_per_1000 / p.cpu_per_1000,
             met(r.cpu_per_1000 <= p.cpu_per_1000 / 2.0),
             r.n, r.rss_peak_mib, p.rss_peak_mib, r.rss_peak_mib / p.rss_peak_mib,
             met(r.rss_peak_mib <= p.rss_peak_mib / 5.0),
+            r.n, r.rss_start_peak_mib, p.rss_start_peak_mib, r.rss_start_peak_mib / p.rss_start_peak_mib,
         ));
     }
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
@@ -617,9 +646,10 @@ fn write_report(rows: &[Row]) {
         }
         if r.n >= 10_000 {
             targets.push_str(&format!(
-                "| {n} | resident at steady state at most 32 MiB | {:.1} | {} |\n| {n} | peak of the burst at most 48 MiB | {:.1} | {} |\n| {n} | ready within 5 s | {:.2} s | {} |\n",
+                "| {n} | resident at steady state at most 32 MiB | {:.1} | {} |\n| {n} | peak of the burst at most 48 MiB | {:.1} | {} |\n| {n} | (not a target) peak of start-up | {:.1} | |\n| {n} | ready within 5 s | {:.2} s | {} |\n",
                 r.rss_idle_mib, met(r.rss_idle_mib <= 32.0),
                 r.rss_peak_mib, met(r.rss_peak_mib <= 48.0),
+                r.rss_start_peak_mib,
                 r.ready_s, met(r.ready_s <= 5.0),
                 n = r.n,
             ));
@@ -640,12 +670,14 @@ fn write_report(rows: &[Row]) {
         "rows": rows.iter().map(|r| json!({
             "n": r.n, "ready_s": r.ready_s, "rss_idle_mib": r.rss_idle_mib,
             "rss_idle_anon_mib": r.rss_idle_anon_mib, "rss_idle_file_mib": r.rss_idle_file_mib,
+            "rss_start_peak_mib": r.rss_start_peak_mib,
             "rss_peak_mib": r.rss_peak_mib, "p50": r.p50, "p95": r.p95, "p99": r.p99, "max": r.max,
             "kube_per_rollout": r.kube_per_rollout, "delays_ms": r.delays_ms,
             "internal_p50_ms": r.internal_p50, "internal_p99_ms": r.internal_p99,
             "cpu_per_1000": r.cpu_per_1000,
             "peer": r.peer.as_ref().map(|p| json!({
-                "rss_idle_mib": p.rss_idle_mib, "rss_peak_mib": p.rss_peak_mib,
+                "rss_idle_mib": p.rss_idle_mib, "rss_start_peak_mib": p.rss_start_peak_mib,
+                "rss_peak_mib": p.rss_peak_mib,
                 "cpu_per_1000": p.cpu_per_1000, "kube_per_rollout": p.kube_per_rollout,
                 "messages_per_rollout": p.messages_per_rollout,
             })),

@@ -31,12 +31,14 @@ lat.legend()
 
 ns = [r["n"] for r in rows]
 mem.plot(ns, [r["rss_idle_mib"] for r in rows], marker="o", label="steady state (idle)")
-mem.plot(ns, [r["rss_peak_mib"] for r in rows], marker="o", label="peak (during the burst)")
+mem.plot(ns, [r["rss_peak_mib"] for r in rows], marker="o", label="peak of the burst")
+mem.plot(ns, [r.get("rss_start_peak_mib", float("nan")) for r in rows], marker="^", label="peak of start-up")
 peers = [r for r in rows if r.get("peer")]
 if peers:
     pn = [r["n"] for r in peers]
     mem.plot(pn, [r["peer"]["rss_idle_mib"] for r in peers], marker="s", linestyle=":", label="kubewatch idle")
-    mem.plot(pn, [r["peer"]["rss_peak_mib"] for r in peers], marker="s", linestyle=":", label="kubewatch peak")
+    mem.plot(pn, [r["peer"]["rss_peak_mib"] for r in peers], marker="s", linestyle=":", label="kubewatch peak of the burst")
+    mem.plot(pn, [r["peer"].get("rss_start_peak_mib", float("nan")) for r in peers], marker="v", linestyle=":", label="kubewatch peak of start-up")
 mem.axhline(48, color="grey", linestyle="--", linewidth=1, label="target peak at N = 10,000")
 mem.axhline(32, color="grey", linestyle="-.", linewidth=1, label="target idle at N = 10,000")
 mem.set_xscale("log")

@@ -59,6 +59,15 @@ async fn a_new_deployment_is_reported_once_with_its_finish_time() {
     w.wait_ready_condition("True", "Ready").await;
     w.wait_event("Normal Delivered").await;
     w.assert_key_never_leaked().await;
+    // This control plane streams lists (KEP-3157), so the controller's initial state came as
+    // watch events, not pages: the path that keeps its start-up memory low.
+    assert!(
+        w.controller
+            .logs()
+            .contains("initial lists: streamed as watch events"),
+        "the controller did not stream its initial lists:\n{}",
+        w.controller.logs()
+    );
 }
 
 #[tokio::test]

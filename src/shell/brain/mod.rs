@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,7 +37,7 @@ use crate::shell::ilert::IlertClient;
 use crate::shell::lean::Lean;
 use crate::shell::ledger_store::Ledger;
 use crate::shell::shared::{Config, Readiness, Shared, jitter, lock};
-use crate::shell::watch::{Input, Watch, project, watch_all, watch_optional};
+use crate::shell::watch::{Input, Watch, initial_lists, project, watch_all, watch_optional};
 
 /// The decision loop's state: compact workload views, namespace labels, pipelines.
 pub(crate) struct Brain {
@@ -121,48 +121,49 @@ pub async fn run(
         recorder,
     });
 
-    let mut pipeline_cfg = watcher::Config::default();
+    // A cluster of 10,000 workloads is not one response: lists stream, or come in pages.
+    let lists = initial_lists(&client).await;
+    let mut pipeline_cfg = lists.clone();
     if let Some(sel) = &cfg.pipeline_selector {
         pipeline_cfg = pipeline_cfg.labels(sel);
     }
-    // The big lists come in pages: a cluster of 10,000 workloads is not one response.
-    let paged = || watcher::Config::default().page_size(500);
-    let deployments = watch_all::<Lean<Deployment>>(&client, paged()).map_ok(|ev| {
+    let deployments = watch_all::<Lean<Deployment>>(&client, lists.clone()).map_ok(|ev| {
         Input::Workload(
             Kind::Deployment,
             project(ev, |d| WorkloadView::from_deployment(&d.0)),
         )
     });
-    let stateful_sets = watch_all::<Lean<StatefulSet>>(&client, paged()).map_ok(|ev| {
+    let stateful_sets = watch_all::<Lean<StatefulSet>>(&client, lists.clone()).map_ok(|ev| {
         Input::Workload(
             Kind::StatefulSet,
             project(ev, |s| WorkloadView::from_stateful_set(&s.0)),
         )
     });
-    let daemon_sets = watch_all::<Lean<DaemonSet>>(&client, paged()).map_ok(|ev| {
+    let daemon_sets = watch_all::<Lean<DaemonSet>>(&client, lists.clone()).map_ok(|ev| {
         Input::Workload(
             Kind::DaemonSet,
             project(ev, |d| WorkloadView::from_daemon_set(&d.0)),
         )
     });
     // Argo Rollouts: watched while its CRD is installed (discovery asks periodically).
-    let rollouts = watch_optional::<Lean<argo::Rollout>>(&client, paged(), cfg.discovery_interval)
-        .map_ok(|ev| {
-            Input::Workload(
-                Kind::Rollout,
-                project(ev, |r| WorkloadView::from_rollout(&r.0)),
-            )
-        });
-    let revisions = watch_all::<Lean<ControllerRevision>>(&client, paged()).map_ok(|ev| {
+    let rollouts =
+        watch_optional::<Lean<argo::Rollout>>(&client, lists.clone(), cfg.discovery_interval)
+            .map_ok(|ev| {
+                Input::Workload(
+                    Kind::Rollout,
+                    project(ev, |r| WorkloadView::from_rollout(&r.0)),
+                )
+            });
+    let revisions = watch_all::<Lean<ControllerRevision>>(&client, lists.clone()).map_ok(|ev| {
         Input::Revision(project(ev, |r| {
             RevisionView::from_controller_revision(&r.0)
         }))
     });
     let pipelines = watch_all::<IlertPipeline>(&client, pipeline_cfg)
         .map_ok(|ev| Input::Pipeline(Box::new(ev)));
-    let namespaces = watch_all::<PartialObjectMeta<Namespace>>(&client, watcher::Config::default())
-        .map_ok(Input::Namespace);
-    let replica_sets = watch_all::<Lean<ReplicaSet>>(&client, paged())
+    let namespaces =
+        watch_all::<PartialObjectMeta<Namespace>>(&client, lists.clone()).map_ok(Input::Namespace);
+    let replica_sets = watch_all::<Lean<ReplicaSet>>(&client, lists.clone())
         .map_ok(|ev| Input::ReplicaSet(project(ev, |r| ReplicaSetView::from_replica_set(&r.0))));
     let mut inputs = stream::select_all([
         deployments.boxed(),
