@@ -155,7 +155,7 @@ fn two_replicas_spread_over_nodes_with_resources_from_the_benchmark() {
         "irc"
     );
     let resources = &spec["containers"][0]["resources"];
-    // docs/benchmarks.md: 32 MiB resident with 10,000 Deployments, peak 44 MiB.
+    // docs/benchmarks.md: 31 MiB resident with 10,000 Deployments, peak 39 MiB (start-up).
     assert_eq!(resources["requests"]["memory"], "64Mi");
     assert_eq!(resources["limits"]["memory"], "160Mi");
     let custom = documents(&helm_template(&[
