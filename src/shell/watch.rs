@@ -125,7 +125,10 @@ pub(crate) async fn initial_lists(client: &Client) -> watcher::Config {
             paged()
         }
         _ => {
-            info!("initial lists: in pages of 500 (no streamed list within 3 s)");
+            info!(
+                waited = ?STREAMING_PROBE,
+                "initial lists: in pages of 500 (no end of a streamed list came)"
+            );
             paged()
         }
     }
